@@ -1,0 +1,92 @@
+"""taskscheduler's pure core: frequencies, models, fire times, scheduling policy, wire format.
+
+Nothing here does I/O or reads a clock: "now" is always passed in. The server, the agent and the
+client are thin adapters around these pieces; other tools can embed them the same way.
+"""
+
+from __future__ import annotations
+
+from .capture import DEFAULT_MAX_OUTPUT_BYTES, OutputCapture
+from .errors import FrequencyError, TaskSchedulerError, WireError
+from .firetimes import next_slot_after, require_utc, slot, slot_index_after
+from .frequency import MAX_INTERVAL, Frequency, Unit, parse_frequency
+from .messages import (
+    AgentIdentity,
+    CreateTask,
+    ExecutionReport,
+    RegisterAgent,
+    ScheduleTask,
+    TaskCreated,
+)
+from .models import (
+    MAX_COMMAND_LENGTH,
+    Agent,
+    AgentOutput,
+    Execution,
+    ExecutionKey,
+    ExecutionStatus,
+    LatestOutput,
+    Task,
+    TaskSpec,
+)
+from .runs import DEFAULT_REPORT_GRACE, Run, group_runs, latest_complete_run, latest_output
+from .scheduler import (
+    DEFAULT_MAX_MISSED,
+    DEFAULT_STARTING_DEADLINE,
+    Action,
+    Scheduler,
+    SkipExecution,
+    StartExecution,
+)
+from .wire import converter, format_time, make_converter, parse_time, structure, unstructure
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_MISSED",
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "DEFAULT_REPORT_GRACE",
+    "DEFAULT_STARTING_DEADLINE",
+    "MAX_COMMAND_LENGTH",
+    "MAX_INTERVAL",
+    "Action",
+    "Agent",
+    "AgentIdentity",
+    "AgentOutput",
+    "CreateTask",
+    "Execution",
+    "ExecutionKey",
+    "ExecutionReport",
+    "ExecutionStatus",
+    "Frequency",
+    "FrequencyError",
+    "LatestOutput",
+    "OutputCapture",
+    "RegisterAgent",
+    "Run",
+    "ScheduleTask",
+    "Scheduler",
+    "SkipExecution",
+    "StartExecution",
+    "Task",
+    "TaskCreated",
+    "TaskSchedulerError",
+    "TaskSpec",
+    "Unit",
+    "WireError",
+    "__version__",
+    "converter",
+    "format_time",
+    "group_runs",
+    "latest_complete_run",
+    "latest_output",
+    "make_converter",
+    "next_slot_after",
+    "parse_frequency",
+    "parse_time",
+    "require_utc",
+    "slot",
+    "slot_index_after",
+    "structure",
+    "unstructure",
+]

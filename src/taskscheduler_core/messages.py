@@ -1,0 +1,143 @@
+"""Request and response bodies of the REST API that are not models themselves.
+
+Each class is one JSON body; :mod:`taskscheduler_core.wire` turns them into and out of JSON.
+Optional fields are what lets the bodies of the original design (three fields to ``complete``,
+three to ``schedule``) still be accepted, while our agents send everything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from .errors import WireError
+from .firetimes import optional_utc
+from .frequency import Frequency
+from .models import Execution, ExecutionStatus, Task, TaskSpec, check_command, non_negative
+
+#: The longest agent URL accepted at registration.
+MAX_URL_LENGTH = 2048
+
+
+def _agent_url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value.startswith(("http://", "https://")) or len(value) > MAX_URL_LENGTH:
+        raise WireError(
+            f"must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters",
+            field=attribute.name,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class CreateTask:
+    """Body of ``POST /api/v1/tasks/create``."""
+
+    command: str = attrs.field(validator=check_command)
+    frequency: Frequency
+
+
+@attrs.frozen(kw_only=True)
+class TaskCreated:
+    """Answer of ``POST /api/v1/tasks/create``: the task, and its id as ``command_id`` too."""
+
+    command_id: UUID
+    task: Task
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleTask:
+    """Body of the agent's ``POST /api/v1/tasks/schedule``.
+
+    ``anchor`` is sent by our server so that every agent fires at the same instants; a caller of
+    the original design may leave it out, and the agent then anchors the task at receipt.
+    """
+
+    task_id: UUID
+    command: str = attrs.field(validator=check_command)
+    frequency: Frequency
+    anchor: datetime | None = attrs.field(default=None, converter=optional_utc)
+
+    @classmethod
+    def of(cls, spec: TaskSpec) -> ScheduleTask:
+        return cls(
+            task_id=spec.task_id, command=spec.command, frequency=spec.frequency, anchor=spec.anchor
+        )
+
+    def spec(self, received_at: datetime) -> TaskSpec:
+        return TaskSpec(
+            task_id=self.task_id,
+            command=self.command,
+            frequency=self.frequency,
+            anchor=self.anchor if self.anchor is not None else received_at,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionReport:
+    """Body of ``POST /api/v1/tasks/{task_id}/complete``: an agent reports one execution.
+
+    ``server_id`` is the agent's id (the original design calls agents "servers"). The original
+    three fields alone are accepted: the execution is then taken as succeeded, scheduled, started
+    and finished when the server received it.
+    """
+
+    server_id: UUID
+    stdout: str = ""
+    stderr: str = ""
+    scheduled_at: datetime | None = attrs.field(default=None, converter=optional_utc)
+    started_at: datetime | None = attrs.field(default=None, converter=optional_utc)
+    finished_at: datetime | None = attrs.field(default=None, converter=optional_utc)
+    status: ExecutionStatus = ExecutionStatus.SUCCEEDED
+    exit_code: int | None = None
+    stdout_dropped: int = attrs.field(default=0, validator=non_negative)
+    stderr_dropped: int = attrs.field(default=0, validator=non_negative)
+
+    @classmethod
+    def of(cls, execution: Execution) -> ExecutionReport:
+        return cls(
+            server_id=execution.agent_id,
+            stdout=execution.stdout,
+            stderr=execution.stderr,
+            scheduled_at=execution.scheduled_at,
+            started_at=execution.started_at,
+            finished_at=execution.finished_at,
+            status=execution.status,
+            exit_code=execution.exit_code,
+            stdout_dropped=execution.stdout_dropped,
+            stderr_dropped=execution.stderr_dropped,
+        )
+
+    def execution(self, task_id: UUID, received_at: datetime) -> Execution:
+        """The execution this report describes; missing times default to ``received_at``."""
+        finished_at = self.finished_at or received_at
+        started_at = self.started_at or finished_at
+        return Execution(
+            task_id=task_id,
+            agent_id=self.server_id,
+            scheduled_at=self.scheduled_at or started_at,
+            started_at=started_at,
+            finished_at=finished_at,
+            status=self.status,
+            exit_code=self.exit_code,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            stdout_dropped=self.stdout_dropped,
+            stderr_dropped=self.stderr_dropped,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RegisterAgent:
+    """Body of ``POST /api/v1/agents/register``: an agent tells the server where it listens."""
+
+    agent_id: UUID
+    url: str = attrs.field(validator=_agent_url)
+
+
+@attrs.frozen(kw_only=True)
+class AgentIdentity:
+    """Answer of an agent's ``GET /api/v1/agent``: who it is."""
+
+    agent_id: UUID
+    version: str

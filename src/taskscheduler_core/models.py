@@ -1,0 +1,161 @@
+"""The things taskscheduler talks about: tasks, executions, agents and outputs.
+
+All models are frozen attrs classes, checked when built; change one with ``attrs.evolve``.
+Times are timezone-aware UTC datetimes, ids are UUIDs.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from .errors import WireError
+from .firetimes import optional_utc, require_utc
+from .frequency import Frequency
+
+#: Commands longer than this are refused: a shell command line is never megabytes long, and the
+#: command travels to every agent and into every listing.
+MAX_COMMAND_LENGTH = 65_536
+
+
+def _utc(value: datetime) -> datetime:
+    return require_utc(value)
+
+
+def check_command(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    """A command is a non-blank string of bounded length that a shell can receive (no NUL)."""
+    name = attribute.name
+    if not isinstance(value, str):
+        raise WireError(f"must be a string, got {type(value).__name__}", field=name)
+    if not value.strip():
+        raise WireError("must not be empty", field=name)
+    if len(value) > MAX_COMMAND_LENGTH:
+        raise WireError(
+            f"is too long ({len(value)} characters, at most {MAX_COMMAND_LENGTH})", field=name
+        )
+    if "\x00" in value:
+        raise WireError("must not contain NUL characters", field=name)
+
+
+def non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise WireError(f"must be >= 0, got {value}", field=attribute.name)
+
+
+class ExecutionStatus(enum.Enum):
+    """How one execution of a task on one agent ended."""
+
+    SUCCEEDED = "succeeded"  #: exit code 0
+    FAILED = "failed"  #: non-zero exit code or killed by a signal
+    TIMED_OUT = "timed_out"  #: killed because it ran past its timeout
+    ERROR = "error"  #: could not be run at all (the shell could not be started, …)
+    SKIPPED = "skipped"  #: not started: the previous execution on that agent was still running
+    MISSED = "missed"  #: not started: the agent reached the slot too late (down or stalled)
+
+    @property
+    def ran(self) -> bool:
+        """Whether a process was started for this execution."""
+        return self not in (ExecutionStatus.SKIPPED, ExecutionStatus.MISSED)
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """A periodic command, as the server stores it.
+
+    It fires at ``anchor + k × frequency`` (k ≥ 1) on every agent it is assigned to.
+    """
+
+    id: UUID
+    command: str = attrs.field(validator=check_command)
+    frequency: Frequency
+    anchor: datetime = attrs.field(converter=_utc)
+    created_at: datetime = attrs.field(converter=_utc)
+
+
+@attrs.frozen(kw_only=True)
+class TaskSpec:
+    """What an agent needs to run a task: the part of :class:`Task` sent to agents."""
+
+    task_id: UUID
+    command: str = attrs.field(validator=check_command)
+    frequency: Frequency
+    anchor: datetime = attrs.field(converter=_utc)
+
+    @classmethod
+    def of(cls, task: Task) -> TaskSpec:
+        return cls(
+            task_id=task.id, command=task.command, frequency=task.frequency, anchor=task.anchor
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionKey:
+    """The identity of an execution: one task, on one agent, for one fire time."""
+
+    task_id: UUID
+    agent_id: UUID
+    scheduled_at: datetime = attrs.field(converter=_utc)
+
+
+@attrs.frozen(kw_only=True)
+class Execution:
+    """One execution of a task on one agent, finished (or never started: skipped / missed)."""
+
+    task_id: UUID
+    agent_id: UUID
+    scheduled_at: datetime = attrs.field(converter=_utc)
+    started_at: datetime = attrs.field(converter=_utc)
+    finished_at: datetime = attrs.field(converter=_utc)
+    status: ExecutionStatus
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    #: Bytes dropped from the head of each stream because it outgrew the per-stream cap.
+    stdout_dropped: int = attrs.field(default=0, validator=non_negative)
+    stderr_dropped: int = attrs.field(default=0, validator=non_negative)
+
+    @property
+    def key(self) -> ExecutionKey:
+        return ExecutionKey(
+            task_id=self.task_id, agent_id=self.agent_id, scheduled_at=self.scheduled_at
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Agent:
+    """An agent the server knows: its stable id and the base URL it is reached at."""
+
+    id: UUID
+    url: str
+    registered_at: datetime = attrs.field(converter=_utc)
+
+
+@attrs.frozen(kw_only=True)
+class AgentOutput:
+    """What one agent's execution printed; on the wire, empty streams are omitted."""
+
+    agent_id: UUID
+    stdout: str = ""
+    stderr: str = ""
+
+
+def _outputs(outputs: Iterable[AgentOutput]) -> tuple[AgentOutput, ...]:
+    return tuple(outputs)
+
+
+@attrs.frozen(kw_only=True)
+class LatestOutput:
+    """The answer of ``latest_output``: the newest complete run, or none yet."""
+
+    completion_time: datetime | None = attrs.field(converter=optional_utc)
+    outputs: tuple[AgentOutput, ...] = attrs.field(converter=_outputs)
+    #: The fire time of the run shown; ``None`` while no run is complete.
+    scheduled_at: datetime | None = attrs.field(default=None, converter=optional_utc)
+
+    @property
+    def complete(self) -> bool:
+        return self.completion_time is not None
