@@ -1,0 +1,72 @@
+"""The agent's configuration: one frozen object with defaults; durations are in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from taskscheduler_core import DEFAULT_MAX_OUTPUT_BYTES
+
+from .errors import AgentConfigError
+
+
+def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise AgentConfigError("must be an integer from 0 to 65535", field="port", value=value)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise AgentConfigError(
+            f"must be > 0 seconds, got {value!r}", field=attribute.name, value=value
+        )
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0:
+        raise AgentConfigError(f"must be >= 0, got {value!r}", field=attribute.name, value=value)
+
+
+def _url(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise AgentConfigError(
+            f"must be an http:// or https:// URL, got {value!r}", field=attribute.name, value=value
+        )
+
+
+def _base_url(value: str | None) -> str | None:
+    # URLs are joined as f"{base}/api/v1/...": a trailing slash would double up.
+    if value is None:
+        return None
+    value = value.strip().rstrip("/")
+    return value or None
+
+
+@attrs.frozen(kw_only=True)
+class AgentConfig:
+    """Everything ``run_agent`` needs to know; see each field."""
+
+    #: Where the agent keeps its state (its identity file, later its outbox).
+    data_dir: Path = attrs.field(converter=Path)
+    #: The address the HTTP endpoint binds to.
+    host: str = "127.0.0.1"
+    #: The port it binds to; 0 picks any free port (the bound URL is in ``AgentStarted``).
+    port: int = attrs.field(default=8081, validator=_port)
+    #: The server to register with and report executions to; ``None`` keeps reports local.
+    server_url: str | None = attrs.field(default=None, converter=_base_url, validator=_url)
+    #: The URL the server should reach this agent at; default the bound URL.
+    advertise_url: str | None = attrs.field(default=None, converter=_base_url, validator=_url)
+    #: Per-stream output cap; the tail is kept.
+    max_output_bytes: int = attrs.field(default=DEFAULT_MAX_OUTPUT_BYTES, validator=_non_negative)
+    #: First delay before a report (and a registration) is retried.
+    report_backoff_initial: float = attrs.field(default=0.2, validator=_positive)
+    #: Longest delay between two attempts of one report.
+    report_backoff_max: float = attrs.field(default=30.0, validator=_positive)
+    #: Longest delay between two registration attempts: registration is what lets the server
+    #: push tasks here, so it is retried more eagerly than reports.
+    register_backoff_max: float = attrs.field(default=10.0, validator=_positive)
+    #: On shutdown, how long running commands get between SIGTERM and SIGKILL.
+    kill_grace: float = attrs.field(default=5.0, validator=_non_negative)
+    #: How long one HTTP request to the server may take before it counts as failed.
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)

@@ -1,0 +1,119 @@
+"""The client's exception tree.
+
+::
+
+    TaskSchedulerError (core)
+    └── ClientError                          anything the client raises
+        ├── ApiError                         the server answered with an error status
+        │   ├── InvalidRequest (ValueError)  400 / 413 / 422: the request was refused
+        │   ├── TaskNotFound (LookupError)   404: no such task
+        │   ├── ServerError                  5xx: a bug or an outage on the server
+        │   └── UnexpectedResponse           2xx, but not the body the API promises
+        ├── TransportError                   no answer came back
+        │   ├── ConnectionFailed (ConnectionError)   nothing listens at the URL
+        │   └── RequestTimeout (TimeoutError)        the server did not answer in time
+        └── OutputTimeout (TimeoutError)     wait_for_output gave up waiting for a run
+
+Each leaf also subclasses the builtin it resembles, so callers that only know Python can catch
+``ValueError`` or ``TimeoutError``. httpx's own errors never escape: :func:`translate_httpx_errors`
+turns them into this tree, and it is the only place that does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import httpx
+
+from taskscheduler_core import LatestOutput, TaskSchedulerError
+
+
+class ClientError(TaskSchedulerError):
+    """Base class of every error raised by the taskscheduler client."""
+
+
+class ApiError(ClientError):
+    """The server answered with an error: ``status`` and the body's ``code``/``message``/``field``."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(ApiError, ValueError):
+    """The server refused the request as malformed or invalid (400, 413, 422)."""
+
+
+class TaskNotFound(ApiError, LookupError):
+    """The server knows no such task (404)."""
+
+
+class ServerError(ApiError):
+    """The server failed (5xx): a bug or an outage, not something the request can fix."""
+
+
+class UnexpectedResponse(ApiError):
+    """The server said yes but sent a body the API does not describe (wrong service at the URL?)."""
+
+
+class TransportError(ClientError):
+    """No answer came back from ``url``."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+
+
+class ConnectionFailed(TransportError, ConnectionError):
+    """Could not connect: nothing listens at the URL, or the name does not resolve."""
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """The server did not answer within the client's timeout."""
+
+
+class OutputTimeout(ClientError, TimeoutError):
+    """``wait_for_output`` saw no (new enough) complete run within its timeout.
+
+    ``last`` is the last answer seen, so a caller can still tell "no run yet" from "only old runs".
+    """
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        timeout: float,
+        after: datetime | None,
+        last: LatestOutput | None,
+    ) -> None:
+        newer = f" completed after {after.isoformat()}" if after is not None else ""
+        super().__init__(f"no complete run of task {task_id}{newer} within {timeout:g} seconds")
+        self.task_id = task_id
+        self.timeout = timeout
+        self.after = after
+        self.last = last
+
+
+@contextmanager
+def translate_httpx_errors(url: str) -> Iterator[None]:
+    """Turn httpx's exceptions raised inside the block into :class:`TransportError` and kin."""
+    try:
+        yield
+    except httpx.ConnectError as error:
+        raise ConnectionFailed(f"cannot connect to {url}: {error}", url=url) from error
+    except httpx.TimeoutException as error:
+        detail = str(error) or type(error).__name__
+        raise RequestTimeout(f"no answer from {url} in time: {detail}", url=url) from error
+    except httpx.UnsupportedProtocol as error:
+        raise TransportError(
+            f"cannot reach {url}: the URL must start with http:// or https://", url=url
+        ) from error
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
+        detail = str(error) or type(error).__name__
+        raise TransportError(f"request to {url} failed: {detail}", url=url) from error

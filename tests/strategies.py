@@ -1,0 +1,323 @@
+"""Hypothesis strategies for every type of the core, shared by all of taskscheduler's tests.
+
+Import them as ``from strategies import ...`` (``tests`` is on pytest's ``pythonpath``).
+
+Times are aware datetimes between 1970 and 2200 unless a test asks for more: that is the range
+our services live in, and it keeps ``anchor + k × interval`` far from ``datetime``'s limits.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+from hypothesis import strategies as st
+
+from taskscheduler_core import (
+    MAX_INTERVAL,
+    Agent,
+    AgentIdentity,
+    AgentOutput,
+    CreateTask,
+    Execution,
+    ExecutionKey,
+    ExecutionReport,
+    ExecutionStatus,
+    Frequency,
+    LatestOutput,
+    RegisterAgent,
+    ScheduleTask,
+    Task,
+    TaskCreated,
+    TaskSpec,
+    Unit,
+    format_time,
+)
+
+__all__ = [
+    "agent_identities",
+    "agent_outputs",
+    "agent_urls",
+    "agents",
+    "aware_datetimes",
+    "bodies_like",
+    "commands",
+    "create_tasks",
+    "execution_keys",
+    "execution_reports",
+    "execution_statuses",
+    "executions",
+    "frequencies",
+    "frequency_texts",
+    "json_values",
+    "latest_outputs",
+    "outputs_text",
+    "register_agents",
+    "schedule_tasks",
+    "task_createds",
+    "task_specs",
+    "tasks",
+    "time_texts",
+    "units",
+    "utc_datetimes",
+]
+
+_MIN_TIME = datetime(1970, 1, 1)
+_MAX_TIME = datetime(2200, 1, 1)
+
+
+# --- scalars -------------------------------------------------------------------------------------
+
+
+def utc_datetimes(
+    min_value: datetime = _MIN_TIME, max_value: datetime = _MAX_TIME
+) -> st.SearchStrategy[datetime]:
+    """Aware datetimes in UTC (with microseconds)."""
+    return st.datetimes(min_value=min_value, max_value=max_value, timezones=st.just(UTC))
+
+
+def _offsets() -> st.SearchStrategy[timezone]:
+    # RFC 3339 offsets are whole minutes; datetime allows up to ±23:59.
+    minutes = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59)
+    return minutes.map(lambda m: timezone(timedelta(minutes=m)))
+
+
+def aware_datetimes(
+    min_value: datetime = _MIN_TIME, max_value: datetime = _MAX_TIME
+) -> st.SearchStrategy[datetime]:
+    """Aware datetimes in UTC or any fixed offset: the same instants, written other ways."""
+    return st.datetimes(
+        min_value=min_value, max_value=max_value, timezones=st.just(UTC) | _offsets()
+    )
+
+
+def time_texts() -> st.SearchStrategy[str]:
+    """RFC 3339 texts: the canonical ``...Z`` form or an explicit offset."""
+    canonical = utc_datetimes().map(format_time)
+    with_offset = aware_datetimes().map(lambda moment: moment.isoformat())
+    return canonical | with_offset
+
+
+def units() -> st.SearchStrategy[Unit]:
+    return st.sampled_from(Unit)
+
+
+def frequencies(max_seconds: int | None = None) -> st.SearchStrategy[Frequency]:
+    """Every valid frequency (interval of 1 s to 366 days), or only those up to ``max_seconds``."""
+    limit = int(MAX_INTERVAL.total_seconds()) if max_seconds is None else max_seconds
+
+    def in_unit(unit: Unit) -> st.SearchStrategy[Frequency]:
+        counts = st.integers(min_value=1, max_value=max(1, limit // unit.value))
+        return counts.map(lambda count: Frequency(count=count, unit=unit))
+
+    usable = [unit for unit in Unit if unit.value <= limit]
+    return st.sampled_from(usable).flatmap(in_unit)
+
+
+def _random_case(draw: st.DrawFn, word: str) -> str:
+    flips = draw(st.lists(st.booleans(), min_size=len(word), max_size=len(word)))
+    return "".join(c.upper() if flip else c for c, flip in zip(word, flips, strict=True))
+
+
+@st.composite
+def frequency_texts(draw: st.DrawFn, frequency: Frequency | None = None) -> str:
+    """A valid spelling of ``frequency`` (or of any frequency): any case, singular or plural,
+    leading zeros, ASCII whitespace around and between the words."""
+    if frequency is None:
+        frequency = draw(frequencies())
+    space = st.text(alphabet=" \t\n\r\f\v", max_size=3)
+    gap = st.text(alphabet=" \t", min_size=1, max_size=3)
+    unit = frequency.unit.plural
+    if draw(st.booleans()):
+        unit = unit[:-1]
+    zeros = "0" * draw(st.integers(min_value=0, max_value=3))
+    return "".join(
+        [
+            draw(space),
+            _random_case(draw, "every"),
+            draw(gap),
+            f"{zeros}{frequency.count}",
+            draw(gap),
+            _random_case(draw, unit),
+            draw(space),
+        ]
+    )
+
+
+def commands(max_size: int = 200) -> st.SearchStrategy[str]:
+    """Valid commands: not blank, no NUL, any other text."""
+    alphabet = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
+    return st.text(alphabet=alphabet, min_size=1, max_size=max_size).filter(str.strip)
+
+
+def outputs_text(max_size: int = 200) -> st.SearchStrategy[str]:
+    """What a stream may have printed once decoded: any text, often empty."""
+    return st.just("") | st.text(max_size=max_size)
+
+
+def execution_statuses() -> st.SearchStrategy[ExecutionStatus]:
+    return st.sampled_from(ExecutionStatus)
+
+
+def agent_urls() -> st.SearchStrategy[str]:
+    hosts = st.sampled_from(["127.0.0.1", "127.0.0.2", "localhost", "agent-1.internal"])
+    ports = st.integers(min_value=1, max_value=65535)
+    schemes = st.sampled_from(["http", "https"])
+    return st.builds(lambda s, h, p: f"{s}://{h}:{p}", schemes, hosts, ports)
+
+
+def json_values(max_leaves: int = 20) -> st.SearchStrategy[Any]:
+    """Any JSON document, as ``json.loads`` would return it."""
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=30)
+    )
+    return st.recursive(
+        scalars,
+        lambda children: (
+            st.lists(children, max_size=5)
+            | st.dictionaries(st.text(max_size=10), children, max_size=5)
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def tasks() -> st.SearchStrategy[Task]:
+    return st.builds(
+        Task,
+        id=st.uuids(),
+        command=commands(),
+        frequency=frequencies(),
+        anchor=aware_datetimes(),
+        created_at=aware_datetimes(),
+    )
+
+
+def task_specs(max_seconds: int | None = None) -> st.SearchStrategy[TaskSpec]:
+    return st.builds(
+        TaskSpec,
+        task_id=st.uuids(),
+        command=commands(),
+        frequency=frequencies(max_seconds),
+        anchor=aware_datetimes(),
+    )
+
+
+def execution_keys() -> st.SearchStrategy[ExecutionKey]:
+    return st.builds(
+        ExecutionKey, task_id=st.uuids(), agent_id=st.uuids(), scheduled_at=aware_datetimes()
+    )
+
+
+def executions() -> st.SearchStrategy[Execution]:
+    return st.builds(
+        Execution,
+        task_id=st.uuids(),
+        agent_id=st.uuids(),
+        scheduled_at=aware_datetimes(),
+        started_at=aware_datetimes(),
+        finished_at=aware_datetimes(),
+        status=execution_statuses(),
+        exit_code=st.none() | st.integers(min_value=-255, max_value=255),
+        stdout=outputs_text(),
+        stderr=outputs_text(),
+        stdout_dropped=st.integers(min_value=0, max_value=2**40),
+        stderr_dropped=st.integers(min_value=0, max_value=2**40),
+    )
+
+
+def agents() -> st.SearchStrategy[Agent]:
+    return st.builds(Agent, id=st.uuids(), url=agent_urls(), registered_at=aware_datetimes())
+
+
+def agent_outputs() -> st.SearchStrategy[AgentOutput]:
+    return st.builds(AgentOutput, agent_id=st.uuids(), stdout=outputs_text(), stderr=outputs_text())
+
+
+def latest_outputs() -> st.SearchStrategy[LatestOutput]:
+    return st.builds(
+        LatestOutput,
+        completion_time=st.none() | aware_datetimes(),
+        outputs=st.lists(agent_outputs(), max_size=4).map(tuple),
+        scheduled_at=st.none() | aware_datetimes(),
+    )
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def create_tasks() -> st.SearchStrategy[CreateTask]:
+    return st.builds(CreateTask, command=commands(), frequency=frequencies())
+
+
+def task_createds() -> st.SearchStrategy[TaskCreated]:
+    return tasks().map(lambda task: TaskCreated(command_id=task.id, task=task))
+
+
+def schedule_tasks() -> st.SearchStrategy[ScheduleTask]:
+    return st.builds(
+        ScheduleTask,
+        task_id=st.uuids(),
+        command=commands(),
+        frequency=frequencies(),
+        anchor=st.none() | aware_datetimes(),
+    )
+
+
+def execution_reports() -> st.SearchStrategy[ExecutionReport]:
+    return st.builds(
+        ExecutionReport,
+        server_id=st.uuids(),
+        stdout=outputs_text(),
+        stderr=outputs_text(),
+        scheduled_at=st.none() | aware_datetimes(),
+        started_at=st.none() | aware_datetimes(),
+        finished_at=st.none() | aware_datetimes(),
+        status=execution_statuses(),
+        exit_code=st.none() | st.integers(min_value=-255, max_value=255),
+        stdout_dropped=st.integers(min_value=0, max_value=2**40),
+        stderr_dropped=st.integers(min_value=0, max_value=2**40),
+    )
+
+
+def register_agents() -> st.SearchStrategy[RegisterAgent]:
+    return st.builds(RegisterAgent, agent_id=st.uuids(), url=agent_urls())
+
+
+def agent_identities() -> st.SearchStrategy[AgentIdentity]:
+    return st.builds(AgentIdentity, agent_id=st.uuids(), version=st.text(min_size=1, max_size=20))
+
+
+# --- near-miss JSON bodies -----------------------------------------------------------------------
+
+
+def _plausible_wire_values() -> st.SearchStrategy[Any]:
+    """Values of the right *kind* for some field, so fuzzing gets past the first check."""
+    return st.one_of(
+        st.uuids().map(str),
+        time_texts(),
+        frequency_texts(),
+        st.sampled_from([status.value for status in ExecutionStatus]),
+        agent_urls(),
+        commands(max_size=20),
+        st.integers(min_value=-3, max_value=3),
+        st.sampled_from(["", " ", "\x00", "every 0 seconds", "2026-01-01T00:00:00", "5"]),
+    )
+
+
+def bodies_like(kind: type) -> st.SearchStrategy[dict[str, Any]]:
+    """JSON objects that use ``kind``'s field names with plausible or arbitrary values."""
+    names = [field.name for field in attrs.fields(kind)]
+    if kind is TaskCreated:
+        names += [field.name for field in attrs.fields(Task)]
+    values = _plausible_wire_values() | json_values(max_leaves=5)
+    known = st.fixed_dictionaries({}, optional={name: values for name in names})
+    extra = st.dictionaries(st.text(max_size=8), json_values(max_leaves=3), max_size=2)
+    return st.builds(lambda extra, known: extra | known, extra, known)
