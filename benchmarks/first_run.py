@@ -53,7 +53,7 @@ def measure(tasks: int, agents: int = 2) -> dict[str, float]:
         )
         try:
             with httpx.Client(base_url=url, timeout=5.0) as client:
-                _wait(lambda: len(client.get("/api/v1/agents").json()) == agents, 30)
+                _wait(lambda: len(client.get("/api/v1/agents").json()["agents"]) == agents, 30)
                 seconds = []
                 for _ in range(tasks):
                     started = time.monotonic()
@@ -83,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     figures = measure(args.tasks, args.agents)
     print(f"create -> first complete run, {figures['agents']} agents, {figures['tasks']} tasks")
-    print(f"  min {figures['min_s']:.3f} s   p50 {figures['p50_s']:.3f} s   max {figures['max_s']:.3f} s")
+    low, mid, high = figures["min_s"], figures["p50_s"], figures["max_s"]
+    print(f"  min {low:.3f} s   p50 {mid:.3f} s   max {high:.3f} s")
     print(json.dumps(figures))
 
 

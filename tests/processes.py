@@ -63,7 +63,8 @@ class Tsched:
         )
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
@@ -93,3 +94,11 @@ def wait_healthy(url: str, process: Tsched, timeout: float = 20.0) -> None:
         return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
 
     wait_until(healthy, timeout=timeout, what=f"{url}/healthz")
+
+
+def agents(url: str) -> list[dict[str, str]]:
+    """The agents the server at ``url`` knows (``GET /api/v1/agents``)."""
+    response = httpx.get(f"{url}/api/v1/agents", timeout=2.0)
+    response.raise_for_status()
+    listed: list[dict[str, str]] = response.json()["agents"]
+    return listed

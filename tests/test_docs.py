@@ -19,16 +19,19 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from processes import Tsched, free_port, wait_healthy, wait_until
+from processes import Tsched, agents, free_port, wait_healthy, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: Where ``tsched`` was installed, next to the interpreter running the tests.
+BIN = Path(sys.executable).parent
 SAMPLE_TASK_ID = "322f0be6-d276-489f-89eb-7662c4517885"
 _BLOCK = re.compile(
     r"<!-- docs-test: (?P<name>[\w-]+) -->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.DOTALL
@@ -50,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         wait_healthy(url, up)
         wait_until(
-            lambda: len(httpx.get(f"{url}/api/v1/agents").json()) == 2,
+            lambda: len(agents(url)) == 2,
             timeout=20,
             what="two agents",
         )
@@ -74,7 +77,7 @@ def run_shell(code: str, url: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "TSCHED_URL": url},
+        env={**os.environ, "TSCHED_URL": url, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
         check=False,
     )
     assert result.returncode == 0, f"example failed:\n{code}\n{result.stdout}\n{result.stderr}"
@@ -100,7 +103,7 @@ def test_examples_run(document: Path, server: str) -> None:
         else:
             pytest.fail(f"{document.name}: cannot run a {lang} block ({name})")
         if name == "create":
-            status, _, body = output.partition("\r\n\r\n")
+            status, _, body = output.partition("\n\n")
             assert " 201 " in status.splitlines()[0], output
             task_id = json.loads(body)["command_id"]
             latest = f"{server}/api/v1/tasks/{task_id}/latest_output"
@@ -110,7 +113,7 @@ def test_examples_run(document: Path, server: str) -> None:
                 what="the example task's first run",
             )
         elif name == "latest-output":
-            status, _, body = output.partition("\r\n\r\n")
+            status, _, body = output.partition("\n\n")
             assert " 200 " in status.splitlines()[0], output
             outputs = json.loads(body)["outputs"]
             assert [entry["stdout"] for entry in outputs] == ["hello world\n"] * 2

@@ -28,6 +28,13 @@ def _non_negative(instance: object, attribute: attrs.Attribute[float], value: fl
         raise AgentConfigError(f"must be >= 0, got {value!r}", field=attribute.name, value=value)
 
 
+def _byte_count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AgentConfigError(
+            f"must be an integer >= 0, got {value!r}", field=attribute.name, value=value
+        )
+
+
 def _url(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
     if value is not None and not value.startswith(("http://", "https://")):
         raise AgentConfigError(
@@ -58,7 +65,7 @@ class AgentConfig:
     #: The URL the server should reach this agent at; default the bound URL.
     advertise_url: str | None = attrs.field(default=None, converter=_base_url, validator=_url)
     #: Per-stream output cap; the tail is kept.
-    max_output_bytes: int = attrs.field(default=DEFAULT_MAX_OUTPUT_BYTES, validator=_non_negative)
+    max_output_bytes: int = attrs.field(default=DEFAULT_MAX_OUTPUT_BYTES, validator=_byte_count)
     #: First delay before a report (and a registration) is retried.
     report_backoff_initial: float = attrs.field(default=0.2, validator=_positive)
     #: Longest delay between two attempts of one report.

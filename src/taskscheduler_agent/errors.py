@@ -5,7 +5,9 @@
     TaskSchedulerError (core)
     └── AgentError                           anything the agent itself refuses or fails at
         ├── AgentConfigError (also ValueError)  a configuration value out of range
-        └── IdentityError (also ValueError)     ``data_dir/agent_id`` exists but is not a UUID
+        ├── IdentityError (also ValueError)     ``data_dir/agent_id`` exists but is not a UUID
+        ├── TaskRejected (also ValueError)      a task the agent cannot schedule
+        └── ApiError                            a request the API refuses; a 4xx JSON error
 
 Each leaf also subclasses the builtin it resembles and carries the offending value.
 """
@@ -13,6 +15,7 @@ Each leaf also subclasses the builtin it resembles and carries the offending val
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from taskscheduler_core import TaskSchedulerError
 
@@ -38,3 +41,26 @@ class IdentityError(AgentError, ValueError):
         super().__init__(message)
         self.message = message
         self.path = path
+
+
+class TaskRejected(AgentError, ValueError):
+    """A task spec that is well-formed but cannot be scheduled (its fire times overflow)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.message = message
+        self.field = field
+
+
+class ApiError(AgentError):
+    """A request refused with a 4xx status, a stable ``code`` and, where known, the ``field``."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}

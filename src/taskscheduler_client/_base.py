@@ -91,7 +91,7 @@ def latest_output(task_id: TaskId) -> Call[LatestOutput]:
 
 
 def agents() -> Call[list[AgentInfo]]:
-    return Call("GET", "/api/v1/agents", _parser(list[AgentInfo]))
+    return Call("GET", "/api/v1/agents", _parse_agents)
 
 
 def health() -> Call[bool]:
@@ -111,16 +111,29 @@ def _parse_created(response: httpx.Response) -> Task:
     return _parser(TaskCreated)(response).task
 
 
+def _parse_agents(response: httpx.Response) -> list[AgentInfo]:
+    # the listing is an object {"agents": [...]}, leaving room for paging; a bare list is
+    # accepted too
+    raise_for_status(response)
+    data = _json(response)
+    if isinstance(data, dict) and "agents" in data:
+        data = data["agents"]
+    return _structure(response, data, list[AgentInfo])
+
+
 def _parser(kind: type[T]) -> Callable[[httpx.Response], T]:
     def parse(response: httpx.Response) -> T:
         raise_for_status(response)
-        data = _json(response)
-        try:
-            return structure(data, kind)
-        except WireError as error:
-            raise _unexpected(response, f"the answer does not fit the API: {error}") from None
+        return _structure(response, _json(response), kind)
 
     return parse
+
+
+def _structure(response: httpx.Response, data: object, kind: type[T]) -> T:
+    try:
+        return structure(data, kind)
+    except WireError as error:
+        raise _unexpected(response, f"the answer does not fit the API: {error}") from None
 
 
 def _json(response: httpx.Response) -> Any:

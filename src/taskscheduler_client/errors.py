@@ -35,7 +35,7 @@ class ClientError(TaskSchedulerError):
 
 
 class ApiError(ClientError):
-    """The server answered with an error: ``status`` and the body's ``code``/``message``/``field``."""
+    """The server answered with an error status; the body's ``code``, ``message`` and ``field``."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)

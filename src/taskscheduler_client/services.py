@@ -10,8 +10,9 @@ into whatever code happened to be running.
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,11 +88,9 @@ def run_until_stopped(start: Callable[[trio.Nursery], Awaitable[None]]) -> None:
     Returns normally when stopped by a signal. A service that fails raises out of here (in an
     exception group); :func:`failure_message` says whether that is the user's to fix.
     """
-    try:
+    # a Ctrl-C before the signal receiver is installed means the same: stop
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(_serve_until_signalled, start)
-    except KeyboardInterrupt:
-        # Ctrl-C before the signal receiver was installed: the same wish, to stop
-        pass
 
 
 async def _serve_until_signalled(start: Callable[[trio.Nursery], Awaitable[None]]) -> None:
@@ -101,7 +100,7 @@ async def _serve_until_signalled(start: Callable[[trio.Nursery], Awaitable[None]
             await start(nursery)
 
 
-async def _cancel_on_signal(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:
+async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for _ in signals:
         scope.cancel()
         return

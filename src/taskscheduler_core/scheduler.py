@@ -38,7 +38,8 @@ from .models import ExecutionStatus, TaskSpec
 #: How late a slot may start; later than this (or than the interval) it is recorded as missed.
 DEFAULT_STARTING_DEADLINE = timedelta(seconds=10)
 
-#: At most this many missed slots are recorded per task per poll.
+#: At most this many slots older than the newest due one are recorded as missed per task per poll
+#: (the newest due slot, if it is too late as well, is one more).
 DEFAULT_MAX_MISSED = 10
 
 

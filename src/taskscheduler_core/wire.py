@@ -32,7 +32,10 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds: the one way times are written on the wire."""
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment.isoformat()} cannot be sent; use UTC")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: strftime's %Y drops the zero padding of years before 1000 on
+    # glibc ("999-01-01T..."), which is not RFC 3339 and does not parse back.
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(value: object) -> datetime:

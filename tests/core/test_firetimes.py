@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import aware_datetimes, frequencies
 
+from strategies import aware_datetimes, frequencies
 from taskscheduler_core import (
     Frequency,
     next_slot_after,
@@ -87,7 +87,7 @@ def test_naive_datetimes_are_refused() -> None:
         require_utc(naive, "when")
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(anchor=aware_datetimes(), frequency=frequencies(), data=st.data())
 def test_slot_is_exact(anchor: datetime, frequency: Frequency, data: st.DataObject) -> None:
     # up to about three centuries of slots, so the result stays inside datetime's range
@@ -97,7 +97,7 @@ def test_slot_is_exact(anchor: datetime, frequency: Frequency, data: st.DataObje
     assert _micros(fired - anchor) == k * frequency.seconds * 1_000_000
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(
     anchor=aware_datetimes(),
     frequency=frequencies(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from processes import Tsched, free_port, wait_healthy, wait_until
+from processes import Tsched, agents, free_port, wait_healthy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,7 @@ def test_agent_started_with_server_registers_itself(
     wait_healthy(f"http://127.0.0.1:{agent_port}", agent)
     found = wait_until(lambda: outputs(url, task_id), timeout=30, what="an output")
     assert [(entry["stdout"], entry["stderr"]) for entry in found] == [("out", "err")]
-    listed = httpx.get(f"{url}/api/v1/agents").json()
+    listed = agents(url)
     assert [agent["url"] for agent in listed] == [f"http://127.0.0.1:{agent_port}"]
 
 

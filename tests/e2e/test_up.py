@@ -11,16 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from processes import Tsched, free_port, wait_healthy, wait_until
+from processes import Tsched, agents, free_port, wait_healthy, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def agents(url: str) -> list[dict[str, str]]:
-    response = httpx.get(f"{url}/api/v1/agents", timeout=2.0)
-    response.raise_for_status()
-    listed: list[dict[str, str]] = response.json()
-    return listed
 
 
 def test_up_runs_the_original_flow_and_survives_a_restart(

@@ -1,0 +1,115 @@
+"""The agent's HTTP API, a Starlette app.
+
+- ``POST /api/v1/tasks/schedule`` — body :class:`~taskscheduler_core.ScheduleTask`; answers
+  ``200 {"task_id": ..., "changed": bool}``. Idempotent: the same task twice is one schedule,
+  a changed one replaces it.
+- ``GET /api/v1/tasks`` — the task specs scheduled here, by id.
+- ``GET /api/v1/agent`` — :class:`~taskscheduler_core.AgentIdentity`.
+- ``GET /healthz`` — ``{"status": "ok"}`` while the agent serves.
+
+Every refusal is ``{"error": {"code", "message", "field"}}`` with a 4xx status: ``invalid_json``
+(400), ``not_found`` (404), ``method_not_allowed`` (405), ``body_too_large`` (413) and
+``invalid_request`` (422, with the field at fault).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from uuid import UUID
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from taskscheduler_core import AgentIdentity, ScheduleTask, WireError, structure, unstructure
+from taskscheduler_core import __version__ as core_version
+
+from .engine import Engine
+from .errors import ApiError, TaskRejected
+
+logger = logging.getLogger(__name__)
+
+#: Request bodies larger than this are refused with 413: a task spec is a few hundred bytes.
+MAX_BODY_BYTES = 1024 * 1024
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -> Starlette:
+    """The agent's ASGI app, scheduling into ``engine``."""
+
+    async def schedule(request: Request) -> Response:
+        data = await _json_body(request)
+        try:
+            body = structure(data, ScheduleTask)
+            spec, changed = engine.schedule(body)
+        except (WireError, TaskRejected) as error:
+            raise ApiError(422, "invalid_request", error.message, field=error.field) from None
+        return JSONResponse({"task_id": str(spec.task_id), "changed": changed})
+
+    async def list_tasks(request: Request) -> Response:
+        return JSONResponse(unstructure(engine.tasks()))
+
+    async def identity(request: Request) -> Response:
+        return JSONResponse(unstructure(AgentIdentity(agent_id=agent_id, version=version)))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/api/v1/tasks/schedule", schedule, methods=["POST"]),
+            Route("/api/v1/tasks", list_tasks, methods=["GET"]),
+            Route("/api/v1/agent", identity, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+
+
+async def _json_body(request: Request) -> Any:
+    """The request body parsed as JSON, refusing more than :data:`MAX_BODY_BYTES`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:
+        # ValueError covers bad UTF-8 as well as bad JSON; RecursionError a hostile nesting
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, "body_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    # Starlette's own refusals (no such route, wrong method) in our error shape.
+    assert isinstance(error, HTTPException)
+    status = error.status_code
+    body = ApiError(status, _HTTP_CODES.get(status, f"http_{status}"), error.detail).body()
+    return JSONResponse(body, status_code=status, headers=error.headers)
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    logger.error("internal error answering %s %s", request.method, request.url.path)
+    body = ApiError(500, "internal_error", "internal error; see the agent's log").body()
+    return JSONResponse(body, status_code=500)

@@ -1,0 +1,114 @@
+"""Running an agent: its HTTP endpoint, scheduling loop, reporter and registration.
+
+:func:`run_agent` opens the one nursery that owns all of them, so cancelling it stops the agent
+as a whole: the endpoint closes, and commands still running have their process groups killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from typing import cast
+from uuid import UUID
+
+import attrs
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
+
+from taskscheduler_core import RegisterAgent
+
+from .app import create_app
+from .backoff import Backoff
+from .config import AgentConfig
+from .engine import Engine
+from .identity import load_or_create_agent_id
+from .registration import register
+from .reporter import Reporter
+
+logger = logging.getLogger(__name__)
+
+_ALL_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+
+
+@attrs.frozen(kw_only=True)
+class AgentStarted:
+    """What ``run_agent`` tells its starter once it listens."""
+
+    agent_id: UUID
+    #: The URL the agent is known by: ``advertise_url`` if configured, else ``bound_url``.
+    url: str
+    #: The URL the HTTP endpoint actually listens on (with the real port when port 0 was asked).
+    bound_url: str
+
+
+async def run_agent(
+    config: AgentConfig, *, task_status: trio.TaskStatus[AgentStarted] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the agent until cancelled; ``task_status.started`` once it listens.
+
+    With ``config.server_url`` the agent registers there (retrying until it is accepted, on every
+    start) and reports every execution there.
+    """
+    agent_id = await trio.to_thread.run_sync(load_or_create_agent_id, config.data_dir)
+    async with httpx.AsyncClient(timeout=config.request_timeout) as client:
+        reporter = Reporter(
+            server_url=config.server_url,
+            client=client,
+            backoff=Backoff(
+                initial=config.report_backoff_initial, maximum=config.report_backoff_max
+            ),
+            request_timeout=config.request_timeout,
+        )
+        engine = Engine(
+            agent_id=agent_id,
+            deliver=reporter.submit,
+            env=os.environ,
+            max_output_bytes=config.max_output_bytes,
+            kill_grace=config.kill_grace,
+        )
+        app = create_app(engine=engine, agent_id=agent_id)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reporter.run)
+            await nursery.start(engine.run)
+            # Starlette and hypercorn spell the ASGI callable's types each their own way.
+            asgi_app = cast("ASGIFramework", app)
+            binds: list[str] = await nursery.start(
+                partial(serve, asgi_app, _hypercorn_config(config))
+            )
+            bound_url = binds[0]
+            url = config.advertise_url or bound_url
+            if config.advertise_url is None and config.host in _ALL_ADDRESSES:
+                logger.warning(
+                    "listening on all addresses as %s: set advertise_url to the URL the server "
+                    "can reach this agent at",
+                    bound_url,
+                )
+            if config.server_url is not None:
+                nursery.start_soon(
+                    partial(
+                        register,
+                        client,
+                        server_url=config.server_url,
+                        registration=RegisterAgent(agent_id=agent_id, url=url),
+                        backoff=Backoff(
+                            initial=config.report_backoff_initial,
+                            maximum=config.register_backoff_max,
+                        ),
+                        request_timeout=config.request_timeout,
+                    )
+                )
+            logger.info("agent %s listening on %s", agent_id, bound_url)
+            task_status.started(AgentStarted(agent_id=agent_id, url=url, bound_url=bound_url))
+
+
+def _hypercorn_config(config: AgentConfig) -> HypercornConfig:
+    hypercorn_config = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hypercorn_config.bind = [f"{host}:{config.port}"]
+    # Executions are reported elsewhere; per-request access logs would only be noise.
+    hypercorn_config.accesslog = None
+    return hypercorn_config

@@ -1,0 +1,473 @@
+"""``tsched``: the taskscheduler command line.
+
+``tsched create`` and ``tsched output`` talk to a server through :class:`~.client.Client`;
+``tsched server``, ``tsched agent`` and ``tsched up`` start the services in this process.
+
+Errors are one line on stderr starting with ``error:``, never a traceback: exit status 2 for a
+command line that does not parse, 1 for everything else (the server refused the request, it
+cannot be reached, a port is taken).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, NoReturn
+from urllib.parse import urlsplit
+
+import click
+import trio
+
+from taskscheduler_core import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    LatestOutput,
+    TaskCreated,
+    __version__,
+    format_time,
+    unstructure,
+)
+
+from ._base import DEFAULT_TIMEOUT, DEFAULT_URL
+from .client import Client
+from .errors import ClientError, ConnectionFailed
+from .services import (
+    SERVER_DATABASE_NAME,
+    failure_message,
+    run_until_stopped,
+    start_agent,
+    start_local_stack,
+    start_server,
+)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_SERVER_PORT = 8080
+DEFAULT_AGENT_PORT = 8081
+DEFAULT_AGENTS = 2
+
+_SERVER_HINT = "is the server running? try 'tsched up'"
+
+
+# --- errors as one line --------------------------------------------------------------------------
+
+
+class CliError(click.ClickException):
+    """A failure the user can act on: printed as ``error: <message>``, exit status 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+class _OneLineUsageError(click.UsageError):
+    """A usage error on one line, with where to look for help instead of the whole usage."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"error: {self.format_message()}{hint}", file=file, err=file is None)
+
+
+def _one_line(error: click.UsageError) -> click.UsageError:
+    # "tsched" alone shows the help, which is what that usage error is for
+    if isinstance(error, click.exceptions.NoArgsIsHelpError | _OneLineUsageError):
+        return error
+    return _OneLineUsageError(error.format_message(), error.ctx)
+
+
+class _Group(click.Group):
+    """Click's group, with its usage errors (and its commands') shortened to one line."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            raise _one_line(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise _one_line(error) from None
+
+
+@contextmanager
+def _reported_client_errors() -> Iterator[None]:
+    try:
+        yield
+    except ConnectionFailed as error:
+        raise CliError(f"{error} ({_SERVER_HINT})") from None
+    except ClientError as error:
+        raise CliError(str(error)) from None
+
+
+# --- option values -------------------------------------------------------------------------------
+
+
+def http_url(value: str) -> str:
+    """``value`` as a base URL: ``http://`` is assumed when no scheme is given."""
+    value = value.strip()
+    if "://" not in value:
+        value = f"http://{value}"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _url_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else http_url(value)
+
+
+def _url_list_option(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    return [http_url(item) for item in (value or "").split(",") if item.strip()]
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/taskscheduler``, or ``~/.local/share/taskscheduler``."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    # the XDG spec says to ignore a relative path
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "taskscheduler"
+
+
+_DATA_DIR_HELP = "State directory [default: $XDG_DATA_HOME/taskscheduler]"
+_PORT = click.IntRange(0, 65535)
+
+
+# --- the group -----------------------------------------------------------------------------------
+
+
+class _Session:
+    """``ctx.obj``: the server's URL, and a client made on first use (service commands never
+    need one)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.url, timeout=self.timeout)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--url",
+    envvar="TSCHED_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    metavar="URL",
+    callback=_url_option,
+    help="The server's base URL.",
+)
+@click.option(
+    "--timeout",
+    envvar="TSCHED_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the server to answer a request.",
+)
+@click.version_option(__version__, "--version", prog_name="tsched")
+@click.pass_context
+def tsched(ctx: click.Context, url: str, timeout: float) -> None:
+    """Run periodic shell commands on many hosts and collect what every run printed.
+
+    Start everything locally with 'tsched up', then in another shell:
+
+        tsched create 'echo hello world' --frequency 'every 30 seconds'
+
+        tsched output TASK_ID --wait 60
+    """
+    session = _Session(url, timeout)
+    ctx.obj = session
+    ctx.call_on_close(session.close)
+
+
+# --- talking to a server -------------------------------------------------------------------------
+
+
+@tsched.command()
+@click.argument("command")
+@click.option(
+    "-f",
+    "--frequency",
+    required=True,
+    help="How often to run it: 'every <integer> (seconds|minutes|hours)'.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the created task as JSON.")
+@click.pass_obj
+def create(session: _Session, command: str, frequency: str, as_json: bool) -> None:
+    """Create a task running COMMAND on every agent; prints its id."""
+    with _reported_client_errors():
+        task = session.client.create_task(command, frequency)
+    if as_json:
+        _echo_json(unstructure(TaskCreated(command_id=task.id, task=task)))
+    else:
+        click.echo(str(task.id))
+
+
+@tsched.command()
+@click.argument("task_id")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Wait up to SECONDS for a complete run if there is none yet.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_obj
+def output(session: _Session, task_id: str, wait: float | None, as_json: bool) -> None:
+    """Show what the latest run of TASK_ID printed on each agent."""
+    with _reported_client_errors():
+        if wait is None:
+            latest = session.client.latest_output(task_id)
+        else:
+            latest = session.client.wait_for_output(
+                task_id, timeout=wait, poll_interval=min(0.5, wait / 4)
+            )
+    if as_json:
+        _echo_json(unstructure(latest))
+    else:
+        click.echo(format_latest_output(latest), nl=False)
+
+
+def format_latest_output(latest: LatestOutput) -> str:
+    """The human form of a latest output: when it completed, then each agent's streams."""
+    if latest.completion_time is None:
+        return "no complete run yet\n"
+    lines = [f"completed at {format_time(latest.completion_time)}"]
+    if latest.scheduled_at is not None:
+        lines.append(f"scheduled at {format_time(latest.scheduled_at)}")
+    for agent in latest.outputs:
+        lines.append(f"agent {agent.agent_id}")
+        lines.extend(_stream("stdout", agent.stdout))
+        lines.extend(_stream("stderr", agent.stderr))
+    return "\n".join(lines) + "\n"
+
+
+def _stream(name: str, text: str) -> list[str]:
+    if not text:
+        return [f"  {name}: (empty)"]
+    # indented, so that a command's output can never pass for one of our own lines
+    return [f"  {name}:", *(f"    {line}" for line in text.splitlines())]
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# --- starting services ---------------------------------------------------------------------------
+
+
+def _serve(start: Callable[[trio.Nursery], Awaitable[None]], *, what: str) -> None:
+    """Run services until Ctrl-C (exit 0), turning failures the user can fix into one line."""
+    try:
+        run_until_stopped(start)
+    except BaseException as error:
+        message = failure_message(error)
+        if message is None:
+            raise
+        raise CliError(f"cannot run {what}: {message}") from None
+    click.echo("stopped", err=True)
+
+
+@contextmanager
+def _service_package(name: str) -> Iterator[None]:
+    try:
+        yield
+    except ImportError as error:
+        raise CliError(f"cannot start the {name}: {error}") from None
+
+
+def _fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+@tsched.command()
+@click.option("--host", envvar="TSCHED_HOST", default=DEFAULT_HOST, show_default=True)
+@click.option(
+    "--port", envvar="TSCHED_PORT", type=_PORT, default=DEFAULT_SERVER_PORT, show_default=True
+)
+@click.option(
+    "--database",
+    envvar="TSCHED_DATABASE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"The SQLite file [default: DATA_DIR/{SERVER_DATABASE_NAME}]",
+)
+@click.option(
+    "--data-dir",
+    envvar="TSCHED_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help=_DATA_DIR_HELP,
+)
+@click.option(
+    "--available-servers",
+    envvar="AVAILABLE_SERVERS",
+    metavar="URLS",
+    callback=_url_list_option,
+    help="Comma-separated base URLs of agents to send tasks to (agents may also register).",
+)
+@click.pass_context
+def server(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    database: Path | None,
+    data_dir: Path | None,
+    available_servers: Sequence[str],
+) -> None:
+    """Run the server (REST API, task store, dispatch to agents)."""
+    command_line = click.core.ParameterSource.COMMANDLINE
+    if (
+        ctx.get_parameter_source("database") == command_line
+        and ctx.get_parameter_source("data_dir") == command_line
+    ):
+        raise click.UsageError("give --database or --data-dir, not both", ctx)
+    with _service_package("server"):
+        from taskscheduler_server import ServerConfig
+
+    if database is None:
+        database = (data_dir or default_data_dir()) / SERVER_DATABASE_NAME
+    try:
+        config = ServerConfig(
+            host=host, port=port, database=database, available_agents=tuple(available_servers)
+        )
+    except (TypeError, ValueError) as error:
+        _fail(str(error))
+
+    async def start(nursery: trio.Nursery) -> None:
+        url = await start_server(nursery, config)
+        click.echo(f"server listening on {url} (database {config.database}); Ctrl-C to stop")
+
+    _serve(start, what=f"the server on {host}:{port}")
+
+
+@tsched.command()
+@click.option("--host", envvar="TSCHED_AGENT_HOST", default=DEFAULT_HOST, show_default=True)
+@click.option(
+    "--port", envvar="TSCHED_AGENT_PORT", type=_PORT, default=DEFAULT_AGENT_PORT, show_default=True
+)
+@click.option(
+    "--data-dir",
+    envvar="TSCHED_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State directory; keeps the agent's id [default: $XDG_DATA_HOME/taskscheduler/agent]",
+)
+@click.option(
+    "--server",
+    "server_url",
+    envvar="TSCHED_SERVER",
+    callback=_url_option,
+    metavar="URL",
+    help="The server to register with and report to.",
+)
+@click.option(
+    "--advertise-url",
+    envvar="TSCHED_ADVERTISE_URL",
+    callback=_url_option,
+    metavar="URL",
+    help="The URL the server should reach this agent at [default: the one it listens on]",
+)
+@click.option(
+    "--max-output-bytes",
+    envvar="TSCHED_MAX_OUTPUT_BYTES",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_OUTPUT_BYTES,
+    show_default=True,
+    help="Bytes of stdout and of stderr kept per execution (the tail is kept).",
+)
+def agent(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    server_url: str | None,
+    advertise_url: str | None,
+    max_output_bytes: int,
+) -> None:
+    """Run an agent, which runs the tasks it is given on this host."""
+    with _service_package("agent"):
+        from taskscheduler_agent import AgentConfig
+
+    try:
+        config = AgentConfig(
+            host=host,
+            port=port,
+            data_dir=data_dir or default_data_dir() / "agent",
+            server_url=server_url,
+            advertise_url=advertise_url,
+            max_output_bytes=max_output_bytes,
+        )
+    except (TypeError, ValueError) as error:
+        _fail(str(error))
+
+    async def start(nursery: trio.Nursery) -> None:
+        started = await start_agent(nursery, config)
+        click.echo(f"agent {started.agent_id} listening on {started.url}; Ctrl-C to stop")
+
+    _serve(start, what=f"the agent on {host}:{port}")
+
+
+@tsched.command()
+@click.option("--host", envvar="TSCHED_HOST", default=DEFAULT_HOST, show_default=True)
+@click.option(
+    "--port",
+    envvar="TSCHED_PORT",
+    type=_PORT,
+    default=DEFAULT_SERVER_PORT,
+    show_default=True,
+    help="The server's port; agents take free ports.",
+)
+@click.option(
+    "--agents",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_AGENTS,
+    show_default=True,
+    help="How many local agents to start.",
+)
+@click.option(
+    "--data-dir",
+    envvar="TSCHED_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help=_DATA_DIR_HELP,
+)
+def up(host: str, port: int, agents: int, data_dir: Path | None) -> None:
+    """Run a server and local agents in one process."""
+    directory = data_dir or default_data_dir()
+    with _service_package("server and agents"):
+        import taskscheduler_agent  # noqa: F401
+        import taskscheduler_server  # noqa: F401
+
+    async def start(nursery: trio.Nursery) -> None:
+        stack = await start_local_stack(
+            nursery, host=host, port=port, agents=agents, data_dir=directory
+        )
+        click.echo(f"server    {stack.server_url}")
+        click.echo(f"database  {stack.database}")
+        for n, (started, agent_dir) in enumerate(zip(stack.agents, stack.agent_dirs, strict=True)):
+            click.echo(f"agent {n + 1}   {started.agent_id}  {started.url}  (state {agent_dir})")
+        url_option = "" if stack.server_url == DEFAULT_URL else f" --url {stack.server_url}"
+        click.echo(f"try:      tsched{url_option} create 'echo hello' -f 'every 5 seconds'")
+        click.echo("Ctrl-C to stop")
+
+    _serve(start, what=f"taskscheduler (server on {host}:{port}, state in {directory})")
+
+
+def main() -> None:
+    """The ``tsched`` console script."""
+    tsched(prog_name="tsched")

@@ -1,0 +1,33 @@
+"""taskscheduler's server: the REST API, the SQLite store, and delivery of tasks to agents.
+
+``await nursery.start(serve, ServerConfig(database=path, port=0))`` runs it and returns its URL;
+:func:`create_app` gives the ASGI application alone, over an :class:`AsyncStore`.
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .config import ServerConfig, parse_available_servers
+from .dispatch import Backoff, Dispatcher
+from .errors import ApiError, ServerError, TaskNotFound
+from .outputs import latest_output_of
+from .records import AgentRecord, Assignment
+from .serve import serve
+from .store import AsyncStore, Store
+
+__all__ = [
+    "AgentRecord",
+    "ApiError",
+    "Assignment",
+    "AsyncStore",
+    "Backoff",
+    "Dispatcher",
+    "ServerConfig",
+    "ServerError",
+    "Store",
+    "TaskNotFound",
+    "create_app",
+    "latest_output_of",
+    "parse_available_servers",
+    "serve",
+]

@@ -1,0 +1,304 @@
+"""The server's REST API (v1) as a Starlette application.
+
+Handlers are thin: parse the body with the core's wire converter, call the store, answer with
+the converter. Every refusal is a 4xx ``{"error": {"code", "message", "field"}}``; the handlers
+installed here make sure that neither Starlette's HTML/plain-text pages nor a traceback ever
+reach a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from taskscheduler_core import (
+    DEFAULT_REPORT_GRACE,
+    Agent,
+    CreateTask,
+    ExecutionReport,
+    RegisterAgent,
+    Task,
+    TaskCreated,
+    WireError,
+    structure,
+    unstructure,
+)
+
+from .clock import utc_now
+from .config import DEFAULT_MAX_BODY_BYTES, ServerConfig
+from .dispatch import Dispatcher
+from .errors import ApiError, TaskNotFound
+from .outputs import latest_output_of
+from .store import AsyncStore, Store
+
+logger = logging.getLogger("taskscheduler.server.app")
+
+T = TypeVar("T")
+
+#: SQLite stores signed 64-bit integers; a larger number in a report is refused, not a crash.
+_INT64 = range(-(2**63), 2**63)
+
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(ApiError(status, code, message, field=field).body(), status_code=status)
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {list: "an array", str: "a string", int: "a number", float: "a number"}
+    return kinds.get(type(value), "null")
+
+
+def _unpaired_surrogate_at(data: object) -> str | None:
+    """Where a string holds a lone UTF-16 surrogate (valid JSON, not UTF-8), or ``None``.
+
+    The place is a dotted path (``""`` for an object key at the top).
+
+    Such a string could be neither stored nor sent back, so it is refused up front. Iterative:
+    JSON that parsed may still be nested deeper than Python's recursion limit allows twice.
+    """
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, path))
+                stack.append((item, f"{path}.{key}" if path else str(key)))
+        elif isinstance(value, list):
+            stack.extend(
+                (item, f"{path}.{index}" if path else str(index))
+                for index, item in enumerate(value)
+            )
+    return None
+
+
+class _Api:
+    """The route handlers and what they share."""
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        dispatcher: Dispatcher | None,
+        *,
+        max_body_bytes: int,
+        report_grace: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.max_body_bytes = max_body_bytes
+        self.report_grace = report_grace
+        self.clock = clock
+
+    # -- reading requests ----------------------------------------------------------------
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        """The body as a JSON object, refusing a body too large before reading all of it."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
+        body = bytearray()
+        try:
+            # Content-Length may be absent (chunked) or wrong: count what actually arrives.
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.max_body_bytes:
+                    raise self._too_large()
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", "the client went away mid-body") from None
+        if not body.strip():
+            raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ApiError(
+                422, "invalid_body", f"the body must be a JSON object, got {_json_kind(data)}"
+            )
+        where = _unpaired_surrogate_at(data)
+        if where is not None:
+            raise ApiError(
+                422,
+                "invalid_string",
+                "strings must be valid Unicode (no lone surrogates)",
+                field=where or None,
+            )
+        return data
+
+    def _too_large(self) -> ApiError:
+        return ApiError(
+            413, "body_too_large", f"the request body is larger than {self.max_body_bytes} bytes"
+        )
+
+    async def read_body(self, request: Request, kind: type[T]) -> T:
+        data = await self.read_json(request)
+        try:
+            return structure(data, kind)
+        except WireError as error:
+            raise ApiError(422, "validation_error", error.message, field=error.field) from None
+
+    @staticmethod
+    def task_id(request: Request) -> UUID:
+        text = request.path_params["task_id"]
+        try:
+            return UUID(text)
+        except ValueError:
+            # A path that names no task is "not found", whatever its shape.
+            raise ApiError(
+                404,
+                "task_not_found",
+                f"no task with id {text[:64]!r}: task ids are UUIDs",
+                field="task_id",
+            ) from None
+
+    @staticmethod
+    def no_task(task_id: UUID) -> ApiError:
+        return ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
+
+    # -- routes --------------------------------------------------------------------------
+
+    async def create_task(self, request: Request) -> Response:
+        body = await self.read_body(request, CreateTask)
+        now = self.clock()
+        # The anchor is fixed here, once, so that every agent fires at the same instants.
+        task = Task(
+            id=uuid4(), command=body.command, frequency=body.frequency, anchor=now, created_at=now
+        )
+        await self.store.call(Store.create_task, task)
+        if self.dispatcher is not None:
+            self.dispatcher.notify()  # never waits for agents
+        logger.info("created task %s: %r %s", task.id, task.command[:200], task.frequency)
+        return JSONResponse(
+            unstructure(TaskCreated(command_id=task.id, task=task)), status_code=201
+        )
+
+    async def latest_output(self, request: Request) -> Response:
+        task_id = self.task_id(request)
+        output = await self.store.call(
+            latest_output_of, task_id, now=self.clock(), report_grace=self.report_grace
+        )
+        if output is None:
+            raise self.no_task(task_id)
+        return JSONResponse(unstructure(output))
+
+    async def complete(self, request: Request) -> Response:
+        task_id = self.task_id(request)
+        report = await self.read_body(request, ExecutionReport)
+        for name in ("exit_code", "stdout_dropped", "stderr_dropped"):
+            value = getattr(report, name)
+            if value is not None and value not in _INT64:
+                raise ApiError(
+                    422, "validation_error", "must fit in a signed 64-bit integer", field=name
+                )
+        execution = report.execution(task_id, received_at=self.clock())
+        try:
+            new = await self.store.call(Store.record_execution, execution)
+        except TaskNotFound:
+            raise self.no_task(task_id) from None
+        # Answered only now, after the commit: the agent may forget the report when it sees 200.
+        return JSONResponse({"acknowledged": True, "duplicate": not new})
+
+    async def register_agent(self, request: Request) -> Response:
+        body = await self.read_body(request, RegisterAgent)
+        agent = Agent(id=body.agent_id, url=body.url.rstrip("/"), registered_at=self.clock())
+        record = await self.store.call(Store.upsert_agent, agent)
+        if self.dispatcher is not None:
+            self.dispatcher.notify(record.id)
+        logger.info("agent %s registered at %s", record.id, record.url)
+        return JSONResponse({"agent_id": str(record.id), "url": record.url})
+
+    async def list_agents(self, request: Request) -> Response:
+        agents = await self.store.call(Store.list_agents)
+        return JSONResponse({"agents": unstructure(agents)})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method) in our error format."""
+    assert isinstance(error, HTTPException)
+    status = error.status_code
+    if status == 404:
+        message = f"no such endpoint: {request.url.path}"
+    elif status == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
+    else:
+        message = str(error.detail)
+    code = _STATUS_CODES.get(status, "http_error")
+    return JSONResponse(
+        ApiError(status, code, message).body(), status_code=status, headers=error.headers
+    )
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    # Every input is meant to be refused with a 4xx before it gets here: this is a bug.
+    logger.error("internal error on %s %s", request.method, request.url.path, exc_info=error)
+    return _error(500, "internal_error", "internal server error; see the server log")
+
+
+def create_app(
+    store: AsyncStore,
+    *,
+    dispatcher: Dispatcher | None = None,
+    config: ServerConfig | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> Starlette:
+    """The REST API over ``store``; new tasks and registrations are handed to ``dispatcher``.
+
+    Without a dispatcher nothing is pushed to agents (handy in tests). ``config`` supplies
+    ``max_body_bytes`` and ``report_grace``; its other settings are for :func:`serve`.
+    """
+    api = _Api(
+        store,
+        dispatcher,
+        max_body_bytes=config.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES,
+        report_grace=config.report_grace if config else DEFAULT_REPORT_GRACE,
+        clock=clock,
+    )
+    routes = [
+        Route("/api/v1/tasks/create", api.create_task, methods=["POST"]),
+        Route("/api/v1/tasks/{task_id}/latest_output", api.latest_output, methods=["GET"]),
+        Route("/api/v1/tasks/{task_id}/complete", api.complete, methods=["POST"]),
+        Route("/api/v1/agents/register", api.register_agent, methods=["POST"]),
+        Route("/api/v1/agents", api.list_agents, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )

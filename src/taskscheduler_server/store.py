@@ -1,0 +1,528 @@
+"""The server's database: tasks, agents, assignments and executions in SQLite, through peewee.
+
+Every line of peewee in the server lives in this module. :class:`Store` is synchronous and
+returns core models (and the server's records); the async side reaches it only through
+:class:`AsyncStore`, which runs each call in a worker thread behind a ``CapacityLimiter(1)``:
+SQLite has one writer, and peewee's single shared connection must never be used by two
+threads at once.
+
+Times are stored as integer microseconds since the epoch, so ordering and equality are exact
+(an execution's identity includes its ``scheduled_at``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from uuid import UUID
+
+import attrs
+import peewee
+import trio
+
+from taskscheduler_core import (
+    Agent,
+    Execution,
+    ExecutionStatus,
+    Run,
+    Task,
+    group_runs,
+    parse_frequency,
+)
+
+from .errors import ServerError, TaskNotFound
+from .records import AgentRecord, Assignment
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Bumped whenever the tables change shape; a newer database is refused rather than misread.
+SCHEMA_VERSION = 1
+
+#: Rows per INSERT when many are written at once (well under SQLite's bound-variable limit).
+_BATCH = 500
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_PRAGMAS = {
+    "journal_mode": "wal",
+    # In WAL mode a commit with synchronous=NORMAL already survives the process being killed
+    # (the WAL is in the OS page cache when COMMIT returns), but not an OS crash or a power
+    # cut. FULL fsyncs the WAL on every commit, so a report we acknowledged is on disk: the
+    # agent deletes its copy once we say 200, and nothing else would keep it.
+    "synchronous": "full",
+    # Other processes (a backup, the sqlite3 shell) may hold the lock briefly; wait, not fail.
+    "busy_timeout": 5000,
+    "foreign_keys": 1,
+}
+
+
+def to_micros(moment: datetime) -> int:
+    """A timezone-aware time as integer microseconds since the Unix epoch."""
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment.isoformat()} cannot be stored; use UTC")
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+class _Model(peewee.Model):
+    pass
+
+
+class _TimeField(peewee.BigIntegerField):
+    """A UTC datetime kept as integer microseconds: exact, and sorted as the times are."""
+
+    def db_value(self, value: datetime | None) -> int | None:
+        return None if value is None else to_micros(value)
+
+    def python_value(self, value: int | None) -> datetime | None:
+        return None if value is None else from_micros(value)
+
+
+@attrs.frozen
+class _Tables:
+    """The model classes of one open database.
+
+    They are made per :class:`Store` rather than once per module, so that two stores (two
+    servers in one test process, a store reopened) never share a binding.
+    """
+
+    task: Any
+    agent: Any
+    assignment: Any
+    execution: Any
+
+    def all(self) -> list[Any]:
+        return [self.task, self.agent, self.assignment, self.execution]
+
+
+def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
+    class TaskRow(_Model):
+        id = peewee.UUIDField(primary_key=True)
+        command = peewee.TextField()
+        frequency = peewee.TextField()
+        anchor = _TimeField()
+        created_at = _TimeField(index=True)
+
+        class Meta:
+            table_name = "tasks"
+
+    class AgentRow(_Model):
+        id = peewee.UUIDField(primary_key=True)
+        url = peewee.TextField()
+        registered_at = _TimeField()
+        last_seen_at = _TimeField()
+
+        class Meta:
+            table_name = "agents"
+
+    class AssignmentRow(_Model):
+        task = peewee.ForeignKeyField(TaskRow, column_name="task_id", on_delete="CASCADE")
+        agent = peewee.ForeignKeyField(AgentRow, column_name="agent_id", on_delete="CASCADE")
+        assigned_at = _TimeField()
+        delivered_at = _TimeField(null=True)
+        revision = peewee.IntegerField(default=0)
+
+        class Meta:
+            table_name = "assignments"
+            indexes = (
+                (("task", "agent"), True),
+                (("agent", "delivered_at"), False),
+            )
+
+    class ExecutionRow(_Model):
+        task = peewee.ForeignKeyField(TaskRow, column_name="task_id", on_delete="CASCADE")
+        # Not a foreign key: reports from agents the server never saw register are accepted
+        # (callers of the original design do not register).
+        agent_id = peewee.UUIDField()
+        scheduled_at = _TimeField()
+        started_at = _TimeField()
+        finished_at = _TimeField()
+        status = peewee.TextField()
+        exit_code = peewee.IntegerField(null=True)
+        stdout = peewee.TextField(default="")
+        stderr = peewee.TextField(default="")
+        stdout_dropped = peewee.BigIntegerField(default=0)
+        stderr_dropped = peewee.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "executions"
+            indexes = (
+                (("task", "agent_id", "scheduled_at"), True),
+                (("task", "scheduled_at"), False),
+            )
+
+    tables = _Tables(TaskRow, AgentRow, AssignmentRow, ExecutionRow)
+    database.bind(tables.all(), bind_refs=False, bind_backrefs=False)
+    return tables
+
+
+def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), _BATCH):
+        yield rows[start : start + _BATCH]
+
+
+class Store:
+    """The server's SQLite database; the schema is created when the file is opened.
+
+    Not thread-safe on its own: one caller at a time (:class:`AsyncStore` sees to it).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._db = peewee.SqliteDatabase(
+            str(self.path),
+            pragmas=_PRAGMAS,
+            # One connection shared by whichever worker thread runs the call: AsyncStore's
+            # limiter serialises them, and a per-thread connection would defeat "one writer".
+            thread_safe=False,
+            check_same_thread=False,
+            # Open from __init__ to close(); a call after close() is a bug, not a reconnect.
+            autoconnect=False,
+        )
+        self._tables = _make_tables(self._db)
+        try:
+            self._db.connect()
+            self._create_schema()
+        except peewee.DatabaseError as error:  # not a database, locked, unwritable, …
+            self.close()
+            raise ServerError(f"cannot open the database {self.path}: {error}") from error
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_schema(self) -> None:
+        version = self._db.pragma("user_version")
+        if version > SCHEMA_VERSION:
+            raise ServerError(
+                f"{self.path} has schema version {version}; this server knows up to "
+                f"{SCHEMA_VERSION}: upgrade the server"
+            )
+        with self._db.atomic():
+            self._db.create_tables(self._tables.all(), safe=True)
+            self._db.pragma("user_version", SCHEMA_VERSION)
+
+    def close(self) -> None:
+        if not self._db.is_closed():
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def create_task(self, task: Task) -> list[Assignment]:
+        """Store a new task and assign it to every known agent; returns those assignments."""
+        t = self._tables
+        with self._db.atomic():
+            t.task.insert(
+                id=task.id,
+                command=task.command,
+                frequency=str(task.frequency),
+                anchor=task.anchor,
+                created_at=task.created_at,
+            ).execute()
+            agents = list(t.agent.select().order_by(t.agent.id))
+            rows = [
+                {"task": task.id, "agent": agent.id, "assigned_at": task.created_at}
+                for agent in agents
+            ]
+            for batch in _batches(rows):
+                t.assignment.insert_many(batch).execute()
+        return [
+            Assignment(
+                task=task, agent_id=agent.id, agent_url=agent.url, assigned_at=task.created_at
+            )
+            for agent in agents
+        ]
+
+    def get_task(self, task_id: UUID) -> Task | None:
+        row = self._tables.task.get_or_none(self._tables.task.id == task_id)
+        return None if row is None else _task(row)
+
+    def list_tasks(self) -> list[Task]:
+        """Every task, oldest first."""
+        t = self._tables
+        return [_task(row) for row in t.task.select().order_by(t.task.created_at, t.task.id)]
+
+    # -- agents --------------------------------------------------------------------------
+
+    def upsert_agent(self, agent: Agent) -> AgentRecord:
+        """Register ``agent`` (``registered_at`` is when it was heard from).
+
+        A new agent is assigned every existing task. Every registration, new or not, marks all
+        the agent's assignments undelivered: an agent that registers again has probably
+        restarted and lost the schedules it kept in memory, and pushing twice is harmless
+        (scheduling is idempotent on the agent).
+        """
+        t = self._tables
+        with self._db.atomic():
+            row = t.agent.get_or_none(t.agent.id == agent.id)
+            if row is None:
+                t.agent.insert(
+                    id=agent.id,
+                    url=agent.url,
+                    registered_at=agent.registered_at,
+                    last_seen_at=agent.registered_at,
+                ).execute()
+                rows = [
+                    {"task": task_id, "agent": agent.id, "assigned_at": agent.registered_at}
+                    for (task_id,) in t.task.select(t.task.id).tuples()
+                ]
+                for batch in _batches(rows):
+                    t.assignment.insert_many(batch).execute()
+            else:
+                t.agent.update(url=agent.url, last_seen_at=agent.registered_at).where(
+                    t.agent.id == agent.id
+                ).execute()
+                t.assignment.update(delivered_at=None, revision=t.assignment.revision + 1).where(
+                    t.assignment.agent == agent.id
+                ).execute()
+            return _agent(t.agent.get(t.agent.id == agent.id))
+
+    def get_agent(self, agent_id: UUID) -> AgentRecord | None:
+        row = self._tables.agent.get_or_none(self._tables.agent.id == agent_id)
+        return None if row is None else _agent(row)
+
+    def list_agents(self) -> list[AgentRecord]:
+        """Every known agent, in order of first registration."""
+        t = self._tables
+        query = t.agent.select().order_by(t.agent.registered_at, t.agent.id)
+        return [_agent(row) for row in query]
+
+    # -- assignments ---------------------------------------------------------------------
+
+    def assignment_times(self, task_id: UUID) -> dict[UUID, datetime]:
+        """When each agent of ``task_id`` was assigned it."""
+        t = self._tables
+        query = t.assignment.select(t.assignment.agent, t.assignment.assigned_at).where(
+            t.assignment.task == task_id
+        )
+        return {row.agent_id: row.assigned_at for row in query}
+
+    def expected_agents(self, task_id: UUID, scheduled_at: datetime) -> frozenset[UUID]:
+        """The agents that should report for the run of ``task_id`` at ``scheduled_at``.
+
+        Those assigned the task before that fire time: an agent added later is not waited for.
+        """
+        t = self._tables
+        query = t.assignment.select(t.assignment.agent).where(
+            (t.assignment.task == task_id) & (t.assignment.assigned_at < scheduled_at)
+        )
+        return frozenset(row.agent_id for row in query)
+
+    def undelivered(self, agent_id: UUID | None = None) -> list[Assignment]:
+        """Assignments not yet acknowledged by their agent (of one agent, or all), oldest first."""
+        t = self._tables
+        condition = t.assignment.delivered_at.is_null()
+        if agent_id is not None:
+            condition &= t.assignment.agent == agent_id
+        query = (
+            t.assignment.select(t.assignment, t.task, t.agent)
+            .join_from(t.assignment, t.task)
+            .join_from(t.assignment, t.agent)
+            .where(condition)
+            .order_by(t.assignment.assigned_at, t.assignment.task)
+        )
+        return [
+            Assignment(
+                task=_task(row.task),
+                agent_id=row.agent.id,
+                agent_url=row.agent.url,
+                assigned_at=row.assigned_at,
+                delivered_at=None,
+                revision=row.revision,
+            )
+            for row in query
+        ]
+
+    def agents_awaiting_delivery(self) -> set[UUID]:
+        """The agents that have at least one undelivered assignment."""
+        t = self._tables
+        query = (
+            t.assignment.select(t.assignment.agent)
+            .where(t.assignment.delivered_at.is_null())
+            .distinct()
+        )
+        return {row.agent_id for row in query}
+
+    def mark_delivered(self, assignment: Assignment, delivered_at: datetime) -> bool:
+        """Record that the agent acknowledged ``assignment``.
+
+        Does nothing (returns ``False``) if the assignment was marked undelivered again since it
+        was read, since the push that succeeded may have reached the agent's previous life.
+        """
+        t = self._tables
+        with self._db.atomic():
+            changed = (
+                t.assignment.update(delivered_at=delivered_at)
+                .where(
+                    (t.assignment.task == assignment.task.id)
+                    & (t.assignment.agent == assignment.agent_id)
+                    & (t.assignment.revision == assignment.revision)
+                    & t.assignment.delivered_at.is_null()
+                )
+                .execute()
+            )
+        return bool(changed)
+
+    # -- executions ----------------------------------------------------------------------
+
+    def record_execution(self, execution: Execution) -> bool:
+        """Store ``execution`` once; returns ``True`` if it is new, ``False`` for a repeat.
+
+        Idempotent on ``(task_id, agent_id, scheduled_at)``: a repeated report changes nothing.
+        Raises :class:`TaskNotFound` for an unknown task. When this returns, it is committed.
+        """
+        t = self._tables
+        with self._db.atomic():
+            if not t.task.select().where(t.task.id == execution.task_id).exists():
+                raise TaskNotFound(execution.task_id)
+            inserted = (
+                t.execution.insert(
+                    task=execution.task_id,
+                    agent_id=execution.agent_id,
+                    scheduled_at=execution.scheduled_at,
+                    started_at=execution.started_at,
+                    finished_at=execution.finished_at,
+                    status=execution.status.value,
+                    exit_code=execution.exit_code,
+                    stdout=execution.stdout,
+                    stderr=execution.stderr,
+                    stdout_dropped=execution.stdout_dropped,
+                    stderr_dropped=execution.stderr_dropped,
+                )
+                .on_conflict(
+                    action="nothing",
+                    conflict_target=[
+                        t.execution.task,
+                        t.execution.agent_id,
+                        t.execution.scheduled_at,
+                    ],
+                )
+                .as_rowcount()
+                .execute()
+            )
+        return bool(inserted)
+
+    def recent_runs(
+        self,
+        task_id: UUID,
+        *,
+        limit: int,
+        before: datetime | None = None,
+        with_output: bool = True,
+    ) -> list[Run]:
+        """The newest ``limit`` runs of ``task_id`` (only those before ``before``), newest first.
+
+        ``with_output=False`` leaves ``stdout`` / ``stderr`` empty, to decide which run to show
+        without reading megabytes of output for runs that will not be shown.
+        """
+        e = self._tables.execution
+        condition = e.task == task_id
+        if before is not None:
+            condition &= e.scheduled_at < before
+        with self._db.atomic():
+            slots = (
+                e.select(e.scheduled_at)
+                .where(condition)
+                .distinct()
+                .order_by(e.scheduled_at.desc())
+                .limit(limit)
+            )
+            times = [row.scheduled_at for row in slots]
+            if not times:
+                return []
+            query = e.select(*self._execution_columns(with_output)).where(
+                condition & (e.scheduled_at >= times[-1])
+            )
+            return group_runs(_execution(row) for row in query)
+
+    def run(self, task_id: UUID, scheduled_at: datetime) -> Run | None:
+        """The run of ``task_id`` at ``scheduled_at``, with its output; ``None`` if no report."""
+        e = self._tables.execution
+        query = e.select().where((e.task == task_id) & (e.scheduled_at == scheduled_at))
+        runs = group_runs(_execution(row) for row in query)
+        return runs[0] if runs else None
+
+    def executions(self, task_id: UUID) -> list[Execution]:
+        """Every execution of ``task_id``, oldest fire time first."""
+        e = self._tables.execution
+        query = e.select().where(e.task == task_id).order_by(e.scheduled_at, e.agent_id)
+        return [_execution(row) for row in query]
+
+    def _execution_columns(self, with_output: bool) -> Iterable[Any]:
+        e = self._tables.execution
+        if with_output:
+            return [e]
+        return [field for field in e._meta.sorted_fields if field.name not in ("stdout", "stderr")]
+
+
+def _task(row: Any) -> Task:
+    return Task(
+        id=row.id,
+        command=row.command,
+        frequency=parse_frequency(row.frequency),
+        anchor=row.anchor,
+        created_at=row.created_at,
+    )
+
+
+def _agent(row: Any) -> AgentRecord:
+    return AgentRecord(
+        id=row.id, url=row.url, registered_at=row.registered_at, last_seen_at=row.last_seen_at
+    )
+
+
+def _execution(row: Any) -> Execution:
+    return Execution(
+        task_id=row.task_id,
+        agent_id=row.agent_id,
+        scheduled_at=row.scheduled_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        status=ExecutionStatus(row.status),
+        exit_code=row.exit_code,
+        stdout=row.stdout or "",
+        stderr=row.stderr or "",
+        stdout_dropped=row.stdout_dropped,
+        stderr_dropped=row.stderr_dropped,
+    )
+
+
+class AsyncStore:
+    """The one door from trio to the :class:`Store`: a worker thread per call, one at a time.
+
+    ``await store.call(Store.get_task, task_id)`` runs ``Store.get_task(store, task_id)`` in a
+    thread. Calls are not abandoned on cancellation: a write that started is finished (and
+    committed) before the caller sees ``Cancelled``.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def call(
+        self, method: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await trio.to_thread.run_sync(
+            functools.partial(method, self.store, *args, **kwargs), limiter=self._limiter
+        )
+
+    async def aclose(self) -> None:
+        await self.call(Store.close)

@@ -1,0 +1,199 @@
+"""The agent's HTTP API, in-process through ``httpx.ASGITransport``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from strategies import bodies_like, json_values
+from taskscheduler_agent import MAX_BODY_BYTES, Engine, WallClock, create_app
+from taskscheduler_core import Execution, ScheduleTask, __version__
+
+START = datetime(2026, 11, 28, 3, 16, 1, tzinfo=UTC)
+AGENT_ID = UUID("0b6d6c2e-8f1a-4a47-9c57-0c1f2b0f7a11")
+TASK_ID = "322f0be6-d276-489f-89eb-7662c4517885"
+ORIGINAL_BODY = {"task_id": TASK_ID, "command": "echo hello world", "frequency": "every 30 seconds"}
+
+
+async def _ignore(execution: Execution) -> None:
+    pass
+
+
+def make_client() -> tuple[httpx.AsyncClient, Engine]:
+    engine = Engine(agent_id=AGENT_ID, deliver=_ignore, clock=WallClock(start=START))
+    transport = httpx.ASGITransport(app=create_app(engine=engine, agent_id=AGENT_ID))
+    return httpx.AsyncClient(transport=transport, base_url="http://agent"), engine
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client()[0] as client:
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str, field: str | None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == (code, field)
+    assert isinstance(error["message"], str)
+    assert error["message"]
+
+
+async def test_the_original_three_fields_schedule_a_task_anchored_at_receipt(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    http, engine = make_client()
+    async with http:
+        mock_clock.jump(2.5)
+        response = await http.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY)
+        assert response.status_code == 200
+        assert response.json() == {"task_id": TASK_ID, "changed": True}
+        listed = (await http.get("/api/v1/tasks")).json()
+    assert listed == [
+        {
+            "task_id": TASK_ID,
+            "command": "echo hello world",
+            "frequency": "every 30 seconds",
+            "anchor": "2026-11-28T03:16:03.500000Z",
+        }
+    ]
+    assert engine.scheduler.next_deadline() == START + timedelta(seconds=32.5)
+
+
+async def test_scheduling_is_idempotent_and_a_changed_task_replaces_the_old_one(
+    mock_clock: trio.testing.MockClock, client: httpx.AsyncClient
+) -> None:
+    first = await client.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY)
+    mock_clock.jump(7)
+    again = await client.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY)
+    assert (first.json()["changed"], again.json()["changed"]) == (True, False)
+    listed = (await client.get("/api/v1/tasks")).json()
+    assert [task["anchor"] for task in listed] == ["2026-11-28T03:16:01.000000Z"]
+
+    changed = ORIGINAL_BODY | {"command": "echo changed"}
+    assert (await client.post("/api/v1/tasks/schedule", json=changed)).json()["changed"]
+    listed = (await client.get("/api/v1/tasks")).json()
+    assert [task["command"] for task in listed] == ["echo changed"]
+
+
+async def test_the_servers_anchor_is_kept(client: httpx.AsyncClient) -> None:
+    body = ORIGINAL_BODY | {"anchor": "2026-11-28T04:16:01.25+01:00", "extra": "ignored"}
+    response = await client.post("/api/v1/tasks/schedule", json=body)
+    assert response.json() == {"task_id": TASK_ID, "changed": True}
+    again = await client.post("/api/v1/tasks/schedule", json=body)
+    assert again.json()["changed"] is False
+    (task,) = (await client.get("/api/v1/tasks")).json()
+    assert task["anchor"] == "2026-11-28T03:16:01.250000Z"
+
+
+async def test_tasks_are_listed_by_id(client: httpx.AsyncClient) -> None:
+    ids = [str(uuid4()) for _ in range(5)]
+    for task_id in ids:
+        await client.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY | {"task_id": task_id})
+    listed = (await client.get("/api/v1/tasks")).json()
+    assert [task["task_id"] for task in listed] == sorted(ids)
+
+
+async def test_identity_and_health(client: httpx.AsyncClient) -> None:
+    identity = await client.get("/api/v1/agent")
+    assert identity.json() == {"agent_id": str(AGENT_ID), "version": __version__}
+    health = await client.get("/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"command": "echo", "frequency": "every 1 seconds"}, "task_id"),
+        (ORIGINAL_BODY | {"task_id": "not-a-uuid"}, "task_id"),
+        (ORIGINAL_BODY | {"task_id": 5}, "task_id"),
+        ({"task_id": TASK_ID, "frequency": "every 1 seconds"}, "command"),
+        (ORIGINAL_BODY | {"command": "   "}, "command"),
+        (ORIGINAL_BODY | {"command": 42}, "command"),
+        (ORIGINAL_BODY | {"command": "echo \x00"}, "command"),
+        (ORIGINAL_BODY | {"frequency": "every 0 seconds"}, "frequency"),
+        (ORIGINAL_BODY | {"frequency": "every 30 fortnights"}, "frequency"),
+        (ORIGINAL_BODY | {"frequency": 30}, "frequency"),
+        (ORIGINAL_BODY | {"anchor": "2026-11-28T03:16:01"}, "anchor"),
+        (ORIGINAL_BODY | {"anchor": "yesterday"}, "anchor"),
+        (ORIGINAL_BODY | {"anchor": "9999-12-31T23:59:59Z"}, "anchor"),
+    ],
+)
+async def test_an_invalid_body_is_422_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/api/v1/tasks/schedule", json=body)
+    assert_error(response, 422, "invalid_request", field)
+    assert (await client.get("/api/v1/tasks")).json() == []
+
+
+@pytest.mark.parametrize("content", [b"[]", b'"a string"', b"5", b"null", b"NaN"])
+async def test_a_body_that_is_not_an_object_is_422(
+    client: httpx.AsyncClient, content: bytes
+) -> None:
+    response = await client.post("/api/v1/tasks/schedule", content=content)
+    assert_error(response, 422, "invalid_request", None)
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b'{"task_id": }', b"\xff\xfe{}", b"[" * 100_000])
+async def test_a_body_that_is_not_json_is_400(client: httpx.AsyncClient, content: bytes) -> None:
+    response = await client.post("/api/v1/tasks/schedule", content=content)
+    assert_error(response, 400, "invalid_json", None)
+
+
+async def test_a_body_over_1_mib_is_413(client: httpx.AsyncClient) -> None:
+    big = json.dumps(ORIGINAL_BODY | {"padding": "x" * MAX_BODY_BYTES}).encode()
+    response = await client.post("/api/v1/tasks/schedule", content=big)
+    assert_error(response, 413, "body_too_large", None)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # streamed without a Content-Length: the limit is enforced while reading
+        for _ in range(20):
+            yield b" " * 65536
+
+    response = await client.post("/api/v1/tasks/schedule", content=chunks())
+    assert_error(response, 413, "body_too_large", None)
+
+
+async def test_a_body_of_exactly_1_mib_is_read(client: httpx.AsyncClient) -> None:
+    body = json.dumps(ORIGINAL_BODY).encode()
+    padded = body + b" " * (MAX_BODY_BYTES - len(body))
+    response = await client.post("/api/v1/tasks/schedule", content=padded)
+    assert response.status_code == 200
+
+
+async def test_unknown_paths_and_methods_are_json_errors(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get("/api/v1/nothing"), 404, "not_found", None)
+    response = await client.get("/api/v1/tasks/schedule")
+    assert_error(response, 405, "method_not_allowed", None)
+    assert response.headers["allow"] == "POST"
+    assert_error(await client.delete("/api/v1/tasks"), 405, "method_not_allowed", None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies_like(ScheduleTask) | json_values())
+async def test_no_body_makes_a_5xx(body: Any) -> None:
+    async with make_client()[0] as http:
+        response = await http.post("/api/v1/tasks/schedule", json=body)
+    assert response.status_code in (200, 400, 422), response.text
+    if response.status_code != 200:
+        assert set(response.json()["error"]) == {"code", "message", "field"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(content=st.binary(max_size=200))
+async def test_no_bytes_make_a_5xx(content: bytes) -> None:
+    async with make_client()[0] as http:
+        response = await http.post("/api/v1/tasks/schedule", content=content)
+    assert response.status_code in (200, 400, 422), response.text

@@ -1,0 +1,172 @@
+"""Fixtures of the server tests: a real SQLite file, the app in-process, real HTTP peers.
+
+Helpers are handed out as fixtures because test modules cannot import each other
+(``--import-mode=importlib``): ``serve_asgi`` serves any ASGI app with hypercorn on a free
+127.0.0.1 port for the length of a test, ``fake_agent`` makes a tiny real agent peer, and
+``wait_until`` polls a condition with a bound.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import hypercorn.config
+import hypercorn.trio
+import pytest
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from taskscheduler_server import AsyncStore, Store, create_app
+
+START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """A wall clock the test moves by hand (the app reads "now" only through it)."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick; closed again at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def start_http(
+    nursery: trio.Nursery, app: Any, port: int = 0
+) -> tuple[str, trio.CancelScope]:
+    """Serve ``app`` with hypercorn on 127.0.0.1; returns its URL and a scope that stops it."""
+    config = hypercorn.config.Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 0.1
+    scope = trio.CancelScope()
+
+    async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        with scope:
+            await hypercorn.trio.serve(app, config, task_status=task_status)
+
+    binds: list[str] = await nursery.start(run)
+    return binds[0], scope
+
+
+class FakeAgent:
+    """A tiny agent peer: records what it is told to schedule and says who it is.
+
+    It is a real HTTP server (served by :func:`start_http`), not a mock of one.
+    """
+
+    def __init__(self, agent_id: UUID | None = None, *, refuse: int = 0) -> None:
+        self.agent_id = agent_id or uuid4()
+        self.scheduled: list[dict[str, Any]] = []
+        self.identity_requests = 0
+        self.refuse = refuse  # answer this many schedule requests with 503 first
+        self.app = Starlette(
+            routes=[
+                Route("/api/v1/tasks/schedule", self._schedule, methods=["POST"]),
+                Route("/api/v1/agent", self._identity, methods=["GET"]),
+            ]
+        )
+
+    @property
+    def task_ids(self) -> set[str]:
+        return {body["task_id"] for body in self.scheduled}
+
+    async def _schedule(self, request: Request) -> Response:
+        if self.refuse > 0:
+            self.refuse -= 1
+            return JSONResponse({"error": {"code": "busy", "message": "later"}}, status_code=503)
+        self.scheduled.append(await request.json())
+        return JSONResponse({"scheduled": True})
+
+    async def _identity(self, request: Request) -> Response:
+        self.identity_requests += 1
+        return JSONResponse({"agent_id": str(self.agent_id), "version": "test"})
+
+
+async def wait_until(
+    condition: Callable[[], object | Awaitable[object]], *, timeout: float = 5.0
+) -> None:
+    """Poll ``condition`` (sync or async) until it is truthy; fail after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await trio.sleep(0.01)
+
+
+ServeAsgi = Callable[..., Awaitable[tuple[str, trio.CancelScope]]]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "server.sqlite") as opened:
+        yield opened
+
+
+@pytest.fixture
+def astore(store: Store) -> AsyncStore:
+    return AsyncStore(store)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def client(astore: AsyncStore, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(astore, clock=clock)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+def serve_asgi(nursery: trio.Nursery) -> ServeAsgi:
+    """``await serve_asgi(app, port=0)`` -> (base URL, scope to stop it); stops with the test."""
+
+    async def serve(app: Any, port: int = 0) -> tuple[str, trio.CancelScope]:
+        return await start_http(nursery, app, port)
+
+    return serve
+
+
+@pytest.fixture
+def fake_agent() -> type[FakeAgent]:
+    return FakeAgent
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Awaitable[None]]:
+    return wait_until
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> Callable[[], int]:
+    return free_port

@@ -1,0 +1,258 @@
+"""The dispatcher against real agent peers served by hypercorn on 127.0.0.1, on trio's real clock
+with short backoffs: delivery, retry until the agent is up, AVAILABLE_SERVERS resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import trio
+
+from taskscheduler_core import Agent, Task, parse_frequency, parse_time
+from taskscheduler_server import AsyncStore, Backoff, Dispatcher, Store
+
+FAST = {
+    "backoff_initial": timedelta(milliseconds=20),
+    "backoff_max": timedelta(milliseconds=100),
+    "agent_request_timeout": timedelta(seconds=2),
+}
+
+WaitUntil = Callable[..., Awaitable[None]]
+
+
+def new_task(command: str = "echo hi") -> Task:
+    now = datetime.now(UTC)
+    return Task(
+        id=uuid4(),
+        command=command,
+        frequency=parse_frequency("every 30 seconds"),
+        anchor=now,
+        created_at=now,
+    )
+
+
+# While a dispatcher runs, the store is only touched through the AsyncStore, as in the server.
+
+
+async def register(astore: AsyncStore, agent_id: UUID, url: str) -> None:
+    agent = Agent(id=agent_id, url=url, registered_at=datetime.now(UTC))
+    await astore.call(Store.upsert_agent, agent)
+
+
+async def create(astore: AsyncStore, task: Task) -> None:
+    await astore.call(Store.create_task, task)
+
+
+def all_delivered(astore: AsyncStore) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not await astore.call(Store.undelivered)
+
+    return check
+
+
+async def undelivered(astore: AsyncStore) -> list[Any]:
+    return await astore.call(Store.undelivered)
+
+
+async def start_dispatcher(nursery: trio.Nursery, astore: AsyncStore, **options: Any) -> Dispatcher:
+    dispatcher = Dispatcher(astore, **(FAST | options))
+    await nursery.start(dispatcher.run)
+    return dispatcher
+
+
+async def test_delivers_each_assignment_with_its_anchor(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent()
+    url, _ = await serve_asgi(agent.app)
+    await register(astore, agent.agent_id, url)
+    task = new_task()
+    await create(astore, task)
+
+    await start_dispatcher(nursery, astore)
+
+    await wait_until(lambda: agent.scheduled)
+    [body] = agent.scheduled
+    assert body["task_id"] == str(task.id)
+    assert body["command"] == "echo hi"
+    assert body["frequency"] == "every 30 seconds"
+    assert parse_time(body["anchor"]) == task.anchor
+    await wait_until(all_delivered(astore))
+
+
+async def test_new_work_is_delivered_at_once(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent()
+    url, _ = await serve_asgi(agent.app)
+    # Long backoffs: only a wake-up, not a retry timer, can deliver within the wait below.
+    dispatcher = await start_dispatcher(
+        nursery, astore, backoff_initial=timedelta(seconds=60), backoff_max=timedelta(seconds=60)
+    )
+
+    await register(astore, agent.agent_id, url)
+    dispatcher.notify(agent.agent_id)
+    task = new_task()
+    await create(astore, task)
+    dispatcher.notify()
+    await wait_until(lambda: agent.task_ids == {str(task.id)}, timeout=2)
+
+    second = new_task("date")
+    await create(astore, second)
+    dispatcher.notify()
+    await wait_until(lambda: agent.task_ids == {str(task.id), str(second.id)}, timeout=2)
+
+    # A re-registration (the agent restarted) pushes everything again.
+    await register(astore, agent.agent_id, url)
+    dispatcher.notify(agent.agent_id)
+    await wait_until(lambda: len(agent.scheduled) == 4, timeout=2)
+    await wait_until(all_delivered(astore), timeout=2)
+
+
+async def test_retries_until_the_agent_is_up(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    free_port: Callable[[], int],
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent()
+    port = free_port()
+    await register(astore, agent.agent_id, f"http://127.0.0.1:{port}")
+    task = new_task()
+    await create(astore, task)
+
+    await start_dispatcher(nursery, astore)
+    await trio.sleep(0.3)  # several refused attempts
+    assert [a.task.id for a in await undelivered(astore)] == [task.id]
+
+    await serve_asgi(agent.app, port)  # the agent comes up late
+    await wait_until(lambda: agent.task_ids == {str(task.id)}, timeout=3)
+    await wait_until(all_delivered(astore))
+
+
+async def test_retries_an_agent_that_refuses_for_a_while(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent(refuse=3)
+    url, _ = await serve_asgi(agent.app)
+    await register(astore, agent.agent_id, url)
+    tasks = [new_task(), new_task("date")]
+    for task in tasks:
+        await create(astore, task)
+
+    await start_dispatcher(nursery, astore)
+    await wait_until(lambda: agent.task_ids == {str(task.id) for task in tasks}, timeout=3)
+    await wait_until(all_delivered(astore))
+
+
+async def test_a_hanging_agent_does_not_delay_the_others(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    # A peer that accepts connections and never answers: each push to it takes the timeout.
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    hanging_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    healthy = fake_agent()
+    healthy_url, _ = await serve_asgi(healthy.app)
+    await register(astore, uuid4(), hanging_url)
+    await register(astore, healthy.agent_id, healthy_url)
+    tasks = [new_task(f"echo {n}") for n in range(3)]
+    for task in tasks:
+        await create(astore, task)
+
+    with trio.fail_after(1.5):  # well under one agent_request_timeout (2 s)
+        await start_dispatcher(nursery, astore)
+        await wait_until(lambda: len(healthy.task_ids) == 3)
+
+        async def only_the_hanging_one_waits() -> bool:
+            return {a.agent_url for a in await undelivered(astore)} == {hanging_url}
+
+        await wait_until(only_the_hanging_one_waits)
+    listener.close()
+
+
+async def test_resolves_available_servers_and_delivers(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    free_port: Callable[[], int],
+    wait_until: WaitUntil,
+) -> None:
+    task = new_task()
+    await create(astore, task)  # before the server knows any agent
+    up = fake_agent()
+    up_url, _ = await serve_asgi(up.app)
+    late = fake_agent()
+    late_port = free_port()
+    late_url = f"http://127.0.0.1:{late_port}"
+
+    await start_dispatcher(nursery, astore, available_agents=(up_url + "/", late_url))
+
+    await wait_until(lambda: up.task_ids == {str(task.id)})
+    [record] = await astore.call(Store.list_agents)
+    assert (record.id, record.url) == (up.agent_id, up_url)
+
+    await trio.sleep(0.2)  # the late agent is retried while it is down
+    await serve_asgi(late.app, late_port)
+    await wait_until(lambda: late.task_ids == {str(task.id)}, timeout=3)
+    agents = await astore.call(Store.list_agents)
+    assert {a.id for a in agents} == {up.agent_id, late.agent_id}
+    assert late.identity_requests == 1
+    await wait_until(all_delivered(astore))
+
+
+async def test_undelivered_work_survives_a_restart(
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    free_port: Callable[[], int],
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent()
+    port = free_port()
+    await register(astore, agent.agent_id, f"http://127.0.0.1:{port}")
+    task = new_task()
+    await create(astore, task)
+
+    async with trio.open_nursery() as first_life:
+        await start_dispatcher(first_life, astore)
+        await trio.sleep(0.1)
+        first_life.cancel_scope.cancel()
+    assert await undelivered(astore) != []
+
+    await serve_asgi(agent.app, port)
+    async with trio.open_nursery() as second_life:
+        await start_dispatcher(second_life, astore)
+        await wait_until(lambda: agent.task_ids == {str(task.id)})
+        second_life.cancel_scope.cancel()
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    backoff = Backoff(timedelta(seconds=1), timedelta(seconds=8))
+    delays = [backoff.next_delay() for _ in range(6)]
+    for delay, nominal in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert nominal / 2 <= delay <= nominal
+    backoff.reset()
+    assert backoff.next_delay() <= 1
