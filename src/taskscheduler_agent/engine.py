@@ -91,7 +91,9 @@ class Engine:
             ) from None
         changed = self.scheduler.add_task(spec, after=now)
         if changed:
-            logger.info("scheduled task %s: %s %r", spec.task_id, spec.frequency, spec.command)
+            logger.info(
+                "scheduled task %s: %s %r", spec.task_id, spec.frequency, spec.command[:200]
+            )
             self._wake.set()
         return changed
 

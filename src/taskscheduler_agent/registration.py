@@ -42,5 +42,5 @@ async def register(
             reason = f"HTTP {response.status_code}: {response.text[:200]}"
         failures += 1
         delay = backoff.delay(failures)
-        logger.warning("could not register with %s (%s); retrying in %.1f s", url, reason, delay)
+        logger.warning("could not register with %s (%s); retrying in %.3g s", url, reason, delay)
         await trio.sleep(delay)

@@ -17,9 +17,10 @@ Retries are paced twice over:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import NoReturn
 
 import attrs
@@ -32,6 +33,8 @@ from .backoff import Backoff
 from .outbox import MemoryOutbox, Outbox
 
 logger = logging.getLogger(__name__)
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 #: Client errors that are worth retrying: the server asks us to come back later.
 _RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
@@ -101,41 +104,69 @@ class Reporter:
         while True:
             # A fresh event before reading the outbox: a put during the read still wakes us.
             self._wake = trio.Event()
-            pending = await self.outbox.pending()
-            self._forget_gone(pending)
+            pending = [(execution.key, execution) for execution in await self.outbox.pending()]
+            self._forget_gone({key for key, _ in pending})
+            wake_at = await self._deliver_due(client, server_url, pending)
+            if wake_at is not None:
+                with trio.move_on_at(wake_at):
+                    await self._wake.wait()
+
+    async def _deliver_due(
+        self,
+        client: httpx.AsyncClient,
+        server_url: str,
+        pending: Sequence[tuple[ExecutionKey, Execution]],
+    ) -> float | None:
+        """Attempt each due report, oldest first, while the gate is open.
+
+        Returns ``None`` when it attempted any (the outbox is worth reading again at once),
+        else the trio time at which something will be due.
+        """
+        attempted = False
+        earliest = math.inf
+        for key, execution in pending:
             now = trio.current_time()
-            due = next((e for e in pending if self._not_before(e.key) <= now), None)
-            if due is not None and now >= self._gate_until:
-                await self._attempt(client, server_url, due)
+            if now < self._gate_until:
+                return None if attempted else self._gate_until
+            retry = self._retries.get(key)
+            if retry is not None and retry.not_before > now:
+                earliest = min(earliest, retry.not_before)
                 continue
-            if due is not None:
-                wake_at = self._gate_until
-            else:
-                earliest = min((r.not_before for r in self._retries.values()), default=math.inf)
-                wake_at = max(earliest, self._gate_until)
-            with trio.move_on_at(wake_at):
-                await self._wake.wait()
+            await self._attempt(client, server_url, key, execution)
+            attempted = True
+        return None if attempted else max(earliest, self._gate_until)
 
     async def _attempt(
-        self, client: httpx.AsyncClient, server_url: str, execution: Execution
+        self, client: httpx.AsyncClient, server_url: str, key: ExecutionKey, execution: Execution
     ) -> None:
         url = f"{server_url}/api/v1/tasks/{execution.task_id}/complete"
-        body = unstructure(ExecutionReport.of(execution))
         try:
-            response = await client.post(url, json=body, timeout=self.request_timeout)
+            body = json.dumps(unstructure(ExecutionReport.of(execution)), ensure_ascii=False)
+            content = body.encode("utf-8")
+        except (TypeError, ValueError) as error:
+            # Cannot happen with outputs we decoded ourselves; if it ever does, retrying would
+            # fail the same way, so the report is dropped rather than kept forever.
+            logger.error("cannot encode the report of task %s: %s; dropped", key.task_id, error)
+            self._retries.pop(key, None)
+            await self.outbox.acknowledge(key)
+            return
+        try:
+            response = await client.post(
+                url, content=content, headers=_JSON_HEADERS, timeout=self.request_timeout
+            )
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as error:
-            self._failed(execution, f"{type(error).__name__}: {error}", retry_after=None)
+            self._failed(key, execution, f"{type(error).__name__}: {error}", retry_after=None)
             return
         status = response.status_code
         if response.is_success:
             self._server_answered()
-            self._retries.pop(execution.key, None)
-            await self.outbox.acknowledge(execution.key)
+            self._retries.pop(key, None)
+            await self.outbox.acknowledge(key)
             logger.debug("reported task %s at %s", execution.task_id, execution.scheduled_at)
         elif 400 <= status < 500 and status not in _RETRYABLE_CLIENT_ERRORS:
             self._server_answered()
-            self._retries.pop(execution.key, None)
-            await self.outbox.acknowledge(execution.key)
+            self._retries.pop(key, None)
+            await self.outbox.acknowledge(key)
             logger.error(
                 "the server refused the report of task %s at %s (HTTP %d: %s); dropped it",
                 execution.task_id,
@@ -144,11 +175,14 @@ class Reporter:
                 response.text[:500],
             )
         else:
-            self._failed(execution, f"HTTP {status}", retry_after=_retry_after(response.headers))
+            retry_after = _retry_after(response.headers)
+            self._failed(key, execution, f"HTTP {status}", retry_after=retry_after)
 
-    def _failed(self, execution: Execution, reason: str, *, retry_after: float | None) -> None:
+    def _failed(
+        self, key: ExecutionKey, execution: Execution, reason: str, *, retry_after: float | None
+    ) -> None:
         now = trio.current_time()
-        retry = self._retries.setdefault(execution.key, _Retry(failures=0, not_before=now))
+        retry = self._retries.setdefault(key, _Retry(failures=0, not_before=now))
         retry.failures += 1
         retry.not_before = now + self.backoff.delay(retry.failures)
         self._gate_failures += 1
@@ -157,7 +191,7 @@ class Reporter:
             gate = max(gate, min(retry_after, self.backoff.maximum))
         self._gate_until = now + gate
         logger.warning(
-            "could not report task %s at %s (%s, failure %d); retrying in %.1f s",
+            "could not report task %s at %s (%s, failure %d); retrying in %.3g s",
             execution.task_id,
             execution.scheduled_at.isoformat(),
             reason,
@@ -169,17 +203,11 @@ class Reporter:
         self._gate_failures = 0
         self._gate_until = -math.inf
 
-    def _not_before(self, key: ExecutionKey) -> float:
-        retry = self._retries.get(key)
-        return -math.inf if retry is None else retry.not_before
-
-    def _forget_gone(self, pending: Sequence[Execution]) -> None:
+    def _forget_gone(self, keys: Set[ExecutionKey]) -> None:
         # Executions can leave the outbox behind our back (a full MemoryOutbox drops its
         # oldest); their retry state must not outlive them.
-        if self._retries:
-            keys = {execution.key for execution in pending}
-            for key in [key for key in self._retries if key not in keys]:
-                del self._retries[key]
+        for key in [key for key in self._retries if key not in keys]:
+            del self._retries[key]
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:

@@ -59,7 +59,7 @@ async def test_the_original_three_fields_schedule_a_task_anchored_at_receipt(
         response = await http.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY)
         assert response.status_code == 200
         assert response.json() == {"task_id": TASK_ID, "changed": True}
-        listed = (await http.get("/api/v1/tasks")).json()
+        listed = (await http.get("/api/v1/tasks")).json()["tasks"]
     assert listed == [
         {
             "task_id": TASK_ID,
@@ -78,12 +78,12 @@ async def test_scheduling_is_idempotent_and_a_changed_task_replaces_the_old_one(
     mock_clock.jump(7)
     again = await client.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY)
     assert (first.json()["changed"], again.json()["changed"]) == (True, False)
-    listed = (await client.get("/api/v1/tasks")).json()
+    listed = (await client.get("/api/v1/tasks")).json()["tasks"]
     assert [task["anchor"] for task in listed] == ["2026-11-28T03:16:01.000000Z"]
 
     changed = ORIGINAL_BODY | {"command": "echo changed"}
     assert (await client.post("/api/v1/tasks/schedule", json=changed)).json()["changed"]
-    listed = (await client.get("/api/v1/tasks")).json()
+    listed = (await client.get("/api/v1/tasks")).json()["tasks"]
     assert [task["command"] for task in listed] == ["echo changed"]
 
 
@@ -93,7 +93,7 @@ async def test_the_servers_anchor_is_kept(client: httpx.AsyncClient) -> None:
     assert response.json() == {"task_id": TASK_ID, "changed": True}
     again = await client.post("/api/v1/tasks/schedule", json=body)
     assert again.json()["changed"] is False
-    (task,) = (await client.get("/api/v1/tasks")).json()
+    (task,) = (await client.get("/api/v1/tasks")).json()["tasks"]
     assert task["anchor"] == "2026-11-28T03:16:01.250000Z"
 
 
@@ -101,7 +101,7 @@ async def test_tasks_are_listed_by_id(client: httpx.AsyncClient) -> None:
     ids = [str(uuid4()) for _ in range(5)]
     for task_id in ids:
         await client.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY | {"task_id": task_id})
-    listed = (await client.get("/api/v1/tasks")).json()
+    listed = (await client.get("/api/v1/tasks")).json()["tasks"]
     assert [task["task_id"] for task in listed] == sorted(ids)
 
 
@@ -134,8 +134,8 @@ async def test_an_invalid_body_is_422_naming_the_field(
     client: httpx.AsyncClient, body: dict[str, Any], field: str
 ) -> None:
     response = await client.post("/api/v1/tasks/schedule", json=body)
-    assert_error(response, 422, "invalid_request", field)
-    assert (await client.get("/api/v1/tasks")).json() == []
+    assert_error(response, 422, "validation_error", field)
+    assert (await client.get("/api/v1/tasks")).json()["tasks"] == []
 
 
 @pytest.mark.parametrize("content", [b"[]", b'"a string"', b"5", b"null", b"NaN"])
@@ -143,13 +143,69 @@ async def test_a_body_that_is_not_an_object_is_422(
     client: httpx.AsyncClient, content: bytes
 ) -> None:
     response = await client.post("/api/v1/tasks/schedule", content=content)
-    assert_error(response, 422, "invalid_request", None)
+    assert_error(response, 422, "invalid_body", None)
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b'{"task_id": }', b"\xff\xfe{}", b"[" * 100_000])
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        (
+            b'{"task_id": "%s", "command": "echo \\ud800", "frequency": "every 1 seconds"}',
+            "command",
+        ),
+        (b'{"\\udfff": 1}', None),
+        (b'{"a": [1, {"b": "\\udc80x"}]}', "a.1.b"),
+    ],
+)
+async def test_a_lone_surrogate_is_422(
+    client: httpx.AsyncClient, content: bytes, field: str | None
+) -> None:
+    body = content.replace(b"%s", TASK_ID.encode())
+    response = await client.post("/api/v1/tasks/schedule", content=body)
+    assert_error(response, 422, "invalid_string", field)
+    assert (await client.get("/api/v1/tasks")).json()["tasks"] == []
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"  \n", b"{", b'{"task_id": }', b"\xff\xfe{}", b"[" * 100_000]
+)
 async def test_a_body_that_is_not_json_is_400(client: httpx.AsyncClient, content: bytes) -> None:
     response = await client.post("/api/v1/tasks/schedule", content=content)
     assert_error(response, 400, "invalid_json", None)
+
+
+async def test_a_client_that_goes_away_mid_body_is_400() -> None:
+    engine = Engine(agent_id=AGENT_ID, deliver=_ignore, clock=WallClock(start=START))
+    app = create_app(engine=engine, agent_id=AGENT_ID)
+    incoming: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"task_id": ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/tasks/schedule",
+        "raw_path": b"/api/v1/tasks/schedule",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8081),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "client_disconnected"
 
 
 async def test_a_body_over_1_mib_is_413(client: httpx.AsyncClient) -> None:
@@ -186,6 +242,8 @@ async def test_unknown_paths_and_methods_are_json_errors(client: httpx.AsyncClie
 async def test_no_body_makes_a_5xx(body: Any) -> None:
     async with make_client()[0] as http:
         response = await http.post("/api/v1/tasks/schedule", json=body)
+        # whatever was accepted can be listed again
+        assert (await http.get("/api/v1/tasks")).status_code == 200
     assert response.status_code in (200, 400, 422), response.text
     if response.status_code != 200:
         assert set(response.json()["error"]) == {"code", "message", "field"}

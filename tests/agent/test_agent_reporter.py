@@ -53,7 +53,8 @@ async def test_retries_until_the_server_accepts(
     nursery: trio.Nursery, start_collector: StartCollector, wait_for: WaitFor
 ) -> None:
     collector = await start_collector(fail_first=3)
-    reporter = Reporter(server_url=collector.url, backoff=FAST)
+    outbox = MemoryOutbox()
+    reporter = Reporter(server_url=collector.url, outbox=outbox, backoff=FAST)
     await nursery.start(reporter.run)
     sent = execution()
     await reporter.submit(sent)
@@ -64,7 +65,7 @@ async def test_retries_until_the_server_accepts(
     assert task_id == str(sent.task_id)
     assert body == unstructure(ExecutionReport.of(sent))
     assert structure(body, ExecutionReport).execution(sent.task_id, START) == sent
-    await wait_for(lambda: len(reporter.outbox) == 0)  # type: ignore[arg-type]
+    await wait_for(lambda: len(outbox) == 0)
 
 
 async def test_a_permanent_refusal_is_dropped_and_the_rest_delivered(
@@ -126,7 +127,24 @@ async def test_reports_wait_for_a_server_that_is_down(
     collector = await start_collector(port=port)  # the server comes up
     await wait_for(lambda: len(collector.reports) == 3)
     assert {task_id for task_id, _ in collector.reports} == {str(e.task_id) for e in sent}
-    assert len(outbox) == 0
+    await wait_for(lambda: len(outbox) == 0)  # acknowledged once the answers are read
+
+
+async def test_a_failing_server_gets_probes_not_the_whole_backlog(
+    nursery: trio.Nursery, start_collector: StartCollector
+) -> None:
+    collector = await start_collector(fail_first=10**9)  # every answer is a 503
+    outbox = MemoryOutbox()
+    backoff = Backoff(initial=0.05, maximum=0.2)
+    reporter = Reporter(server_url=collector.url, outbox=outbox, backoff=backoff)
+    await nursery.start(reporter.run)
+    for k in range(1, 101):
+        await reporter.submit(execution(k=k))
+    await trio.sleep(0.6)
+    # The gate allows one attempt per period (25-50 ms, 50-100, then 100-200 ms, ...): about
+    # eight in 0.6 s, where retrying each report on its own schedule would make hundreds.
+    assert 3 <= collector.attempts["complete"] <= 15
+    assert len(outbox) == 100
 
 
 async def test_without_a_server_executions_are_kept_and_logged(
