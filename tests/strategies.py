@@ -236,7 +236,13 @@ def executions() -> st.SearchStrategy[Execution]:
 
 
 def agents() -> st.SearchStrategy[Agent]:
-    return st.builds(Agent, id=st.uuids(), url=agent_urls(), registered_at=aware_datetimes())
+    return st.builds(
+        Agent,
+        id=st.uuids(),
+        url=agent_urls(),
+        registered_at=aware_datetimes(),
+        last_seen_at=st.none() | aware_datetimes(),
+    )
 
 
 def agent_outputs() -> st.SearchStrategy[AgentOutput]:

@@ -17,9 +17,8 @@ with the field at fault).
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from typing import TypeVar
 from uuid import UUID
 
 from starlette.applications import Starlette
@@ -28,7 +27,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from taskscheduler_core import AgentIdentity, ScheduleTask, WireError, structure, unstructure
+from taskscheduler_core import (
+    AgentIdentity,
+    BodyReader,
+    ScheduleTask,
+    client_disconnected,
+    http_error,
+    unstructure,
+)
+from taskscheduler_core import ApiError as CoreApiError
 from taskscheduler_core import __version__ as core_version
 
 from .engine import Engine
@@ -39,18 +46,17 @@ logger = logging.getLogger(__name__)
 #: Request bodies larger than this are refused with 413: a task spec is a few hundred bytes.
 MAX_BODY_BYTES = 1024 * 1024
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+T = TypeVar("T")
 
 
 def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -> Starlette:
     """The agent's ASGI app, scheduling into ``engine``."""
 
     async def schedule(request: Request) -> Response:
-        data = await _json_body(request)
+        body = await _read_body(request, ScheduleTask)
         try:
-            body = structure(data, ScheduleTask)
             spec, changed = engine.schedule(body)
-        except (WireError, TaskRejected) as error:
+        except TaskRejected as error:
             raise ApiError(422, "validation_error", error.message, field=error.field) from None
         return JSONResponse({"task_id": str(spec.task_id), "changed": changed})
 
@@ -71,101 +77,44 @@ def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -
             Route("/healthz", healthz, methods=["GET"]),
         ],
         exception_handlers={
-            ApiError: _api_error,
+            CoreApiError: _api_error,
             HTTPException: _http_error,
             Exception: _internal_error,
         },
     )
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, refusing more than :data:`MAX_BODY_BYTES` before reading it."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    body = bytearray()
+async def _read_body(request: Request, kind: type[T]) -> T:
+    """The body as a ``kind``, refusing more than :data:`MAX_BODY_BYTES` before reading it."""
+    reader = BodyReader(MAX_BODY_BYTES, content_length=request.headers.get("content-length"))
     try:
-        # Content-Length may be absent (chunked) or wrong: count what actually arrives.
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise _too_large()
+            reader.feed(chunk)
     except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client went away mid-body") from None
-    if not body.strip():
-        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as error:
-        # ValueError covers bad UTF-8 as well as bad JSON; RecursionError a hostile nesting
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ApiError(
-            422, "invalid_body", f"the body must be a JSON object, got {_json_kind(data)}"
-        )
-    where = _lone_surrogate_at(data)
-    if where is not None:
-        # Valid JSON ("\ud800"), but not Unicode: such a command could not be run, listed or
-        # reported, so it is refused here.
-        raise ApiError(
-            422,
-            "invalid_string",
-            "strings must be valid Unicode (no lone surrogates)",
-            field=where or None,
-        )
-    return data
-
-
-def _json_kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    kinds = {list: "an array", str: "a string", int: "a number", float: "a number"}
-    return kinds.get(type(value), "null")
-
-
-def _lone_surrogate_at(data: object) -> str | None:
-    """The dotted path of a string holding a lone UTF-16 surrogate, or ``None``.
-
-    Iterative: a document that parsed may still nest deeper than recursion allows.
-    """
-    stack: list[tuple[object, str]] = [(data, "")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return path
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((key, path))
-                stack.append((item, f"{path}.{key}" if path else str(key)))
-        elif isinstance(value, list):
-            stack.extend(
-                (item, f"{path}.{index}" if path else str(index))
-                for index, item in enumerate(value)
-            )
-    return None
-
-
-def _too_large() -> ApiError:
-    return ApiError(413, "body_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+        raise client_disconnected() from None
+    return reader.decode(kind)
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, ApiError)
+    assert isinstance(error, CoreApiError)
     return JSONResponse(error.body(), status_code=error.status)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
     # Starlette's own refusals (no such route, wrong method) in our error shape.
     assert isinstance(error, HTTPException)
-    status = error.status_code
-    body = ApiError(status, _HTTP_CODES.get(status, f"http_{status}"), error.detail).body()
-    return JSONResponse(body, status_code=status, headers=error.headers)
+    headers = error.headers or {}
+    refusal = http_error(
+        error.status_code,
+        method=request.method,
+        path=request.url.path,
+        allowed=headers.get("Allow", ""),
+        detail=error.detail,
+    )
+    return JSONResponse(refusal.body(), status_code=refusal.status, headers=error.headers)
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
-    logger.error("internal error answering %s %s", request.method, request.url.path)
-    body = ApiError(500, "internal_error", "internal error; see the agent's log").body()
-    return JSONResponse(body, status_code=500)
+    logger.error("internal error answering %s %s", request.method, request.url.path, exc_info=error)
+    bug = ApiError(500, "internal_error", "internal error; see the agent's log")
+    return JSONResponse(bug.body(), status_code=bug.status)

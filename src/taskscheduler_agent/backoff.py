@@ -1,4 +1,4 @@
-"""Capped exponential backoff with jitter, for everything the agent retries."""
+"""Backoff for everything the agent retries: the core's, with a fresh random jitter each time."""
 
 from __future__ import annotations
 
@@ -6,24 +6,17 @@ import random
 
 import attrs
 
-# 2**62 × any sane initial delay is past every cap; stopping there keeps the float finite.
-_MAX_EXPONENT = 62
+from taskscheduler_core import Backoff as CoreBackoff
 
 
 @attrs.frozen(kw_only=True)
-class Backoff:
-    """Delays that double from ``initial`` up to ``maximum`` seconds."""
+class Backoff(CoreBackoff):
+    """Delays that double from ``initial`` up to ``maximum`` seconds, drawn from ``[d/2, d]``."""
 
-    initial: float
-    maximum: float
-
-    def delay(self, failures: int) -> float:
+    def delay(self, failures: int, *, jitter: float | None = None) -> float:
         """How long to wait after ``failures`` failures in a row (``failures`` ≥ 1).
 
-        The delay is drawn from ``[d/2, d]`` around the exponential value ``d``: the jitter
-        keeps many agents that lost the server at the same moment from retrying in lockstep,
-        and the lower half-bound keeps the backoff growing.
+        ``jitter`` pins the draw (see :meth:`taskscheduler_core.Backoff.delay`); by default it is
+        random, so that many agents that lost the server at the same moment do not retry in step.
         """
-        exponent = min(max(failures, 1) - 1, _MAX_EXPONENT)
-        capped = min(self.maximum, self.initial * 2.0**exponent)
-        return capped * (0.5 + 0.5 * random.random())
+        return super().delay(failures, jitter=random.random() if jitter is None else jitter)

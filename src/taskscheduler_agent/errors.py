@@ -7,16 +7,18 @@
         ├── AgentConfigError (also ValueError)  a configuration value out of range
         ├── IdentityError (also ValueError)     ``data_dir/agent_id`` exists but is not a UUID
         ├── TaskRejected (also ValueError)      a task the agent cannot schedule
-        └── ApiError                            a request the API refuses; a 4xx JSON error
+        └── ApiError (also core ApiError)       a request the API refuses; a 4xx JSON error
 
-Each leaf also subclasses the builtin it resembles and carries the offending value.
+Each leaf also subclasses the builtin it resembles and carries the offending value. The API
+answers every core :class:`~taskscheduler_core.ApiError` the same way: this subclass, for what
+the agent refuses itself, and the core's own, for a body or route the core refuses.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from taskscheduler_core import ApiError as CoreApiError
 from taskscheduler_core import TaskSchedulerError
 
 
@@ -52,15 +54,5 @@ class TaskRejected(AgentError, ValueError):
         self.field = field
 
 
-class ApiError(AgentError):
-    """A request refused with a 4xx status, a stable ``code`` and, where known, the ``field``."""
-
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+class ApiError(AgentError, CoreApiError):
+    """A request the agent refuses itself: the core's ``ApiError``, in the agent's tree."""

@@ -22,12 +22,10 @@ from .errors import (
     TransportError,
     UnexpectedResponse,
 )
-from .models import AgentInfo
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
-    "AgentInfo",
     "ApiError",
     "AsyncClient",
     "Client",

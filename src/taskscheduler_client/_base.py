@@ -17,6 +17,7 @@ import attrs
 import httpx
 
 from taskscheduler_core import (
+    Agent,
     Frequency,
     LatestOutput,
     Task,
@@ -35,7 +36,6 @@ from .errors import (
     TaskNotFound,
     UnexpectedResponse,
 )
-from .models import AgentInfo
 
 T = TypeVar("T")
 
@@ -90,7 +90,7 @@ def latest_output(task_id: TaskId) -> Call[LatestOutput]:
     return Call("GET", f"{task_path(task_id)}/latest_output", _parser(LatestOutput))
 
 
-def agents() -> Call[list[AgentInfo]]:
+def agents() -> Call[list[Agent]]:
     return Call("GET", "/api/v1/agents", _parse_agents)
 
 
@@ -111,14 +111,14 @@ def _parse_created(response: httpx.Response) -> Task:
     return _parser(TaskCreated)(response).task
 
 
-def _parse_agents(response: httpx.Response) -> list[AgentInfo]:
+def _parse_agents(response: httpx.Response) -> list[Agent]:
     # the listing is an object {"agents": [...]}, leaving room for paging; a bare list is
     # accepted too
     raise_for_status(response)
     data = _json(response)
     if isinstance(data, dict) and "agents" in data:
         data = data["agents"]
-    return _structure(response, data, list[AgentInfo])
+    return _structure(response, data, list[Agent])
 
 
 def _parser(kind: type[T]) -> Callable[[httpx.Response], T]:

@@ -21,12 +21,11 @@ from typing import Self, TypeVar
 import anyio
 import httpx
 
-from taskscheduler_core import Frequency, LatestOutput, Task
+from taskscheduler_core import Agent, Frequency, LatestOutput, Task
 
 from . import _base
 from ._base import DEFAULT_TIMEOUT, DEFAULT_URL, Call, ClientBase, OutputWait, TaskId
 from .errors import TransportError, translate_httpx_errors
-from .models import AgentInfo
 
 T = TypeVar("T")
 
@@ -77,7 +76,7 @@ class Client(ClientBase):
                 raise wait.timed_out()
             time.sleep(pause)
 
-    def agents(self) -> list[AgentInfo]:
+    def agents(self) -> list[Agent]:
         """The agents the server knows."""
         return self._send(_base.agents())
 
@@ -155,7 +154,7 @@ class AsyncClient(ClientBase):
                 raise wait.timed_out()
             await anyio.sleep(pause)
 
-    async def agents(self) -> list[AgentInfo]:
+    async def agents(self) -> list[Agent]:
         """The agents the server knows."""
         return await self._send(_base.agents())
 

@@ -6,6 +6,15 @@ client are thin adapters around these pieces; other tools can embed them the sam
 
 from __future__ import annotations
 
+from .api_errors import (
+    ApiError,
+    BodyReader,
+    client_disconnected,
+    decode_body,
+    decode_json_object,
+    http_error,
+)
+from .backoff import Backoff
 from .capture import DEFAULT_MAX_OUTPUT_BYTES, OutputCapture
 from .errors import FrequencyError, TaskSchedulerError, WireError
 from .firetimes import next_slot_after, require_utc, slot, slot_index_after
@@ -53,6 +62,9 @@ __all__ = [
     "Agent",
     "AgentIdentity",
     "AgentOutput",
+    "ApiError",
+    "Backoff",
+    "BodyReader",
     "CreateTask",
     "Execution",
     "ExecutionKey",
@@ -75,9 +87,13 @@ __all__ = [
     "Unit",
     "WireError",
     "__version__",
+    "client_disconnected",
     "converter",
+    "decode_body",
+    "decode_json_object",
     "format_time",
     "group_runs",
+    "http_error",
     "latest_complete_run",
     "latest_output",
     "make_converter",

@@ -4,7 +4,9 @@
 
     TaskSchedulerError
     ├── FrequencyError (also ValueError)   a frequency text that does not parse
-    └── WireError (also ValueError)        a JSON document that does not fit a wire type
+    ├── WireError (also ValueError)        a JSON document that does not fit a wire type
+    └── ApiError                           a request the REST API refuses: status, code, field
+                                           (in :mod:`~taskscheduler_core.api_errors`)
 
 Each leaf error also subclasses the builtin it resembles, so callers that only know Python can
 still catch ``ValueError``; each carries the offending value and, where it has one, the field.

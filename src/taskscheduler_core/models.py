@@ -127,11 +127,16 @@ class Execution:
 
 @attrs.frozen(kw_only=True)
 class Agent:
-    """An agent the server knows: its stable id and the base URL it is reached at."""
+    """An agent the server knows: its stable id and the base URL it is reached at.
+
+    ``registered_at`` is when the server first heard of it; ``last_seen_at`` when it last did
+    (its latest registration, or resolution from ``AVAILABLE_SERVERS``), where known.
+    """
 
     id: UUID
     url: str
     registered_at: datetime = attrs.field(converter=_utc)
+    last_seen_at: datetime | None = attrs.field(default=None, converter=optional_utc)
 
 
 @attrs.frozen(kw_only=True)

@@ -56,13 +56,14 @@ def _strict(kind: type[T]) -> Any:
         # bool is an int in Python, never on our wire
         if type(value) is not kind:
             expected = {str: "a string", int: "an integer", bool: "true or false"}[kind]
-            raise ValueError(f"expected {expected}, got {_json_type(value)}")
+            raise ValueError(f"expected {expected}, got {json_type(value)}")
         return value
 
     return structure
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """The kind of a JSON value as messages name it: ``"an integer"``, ``"an array"``, …"""
     names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
     names |= {list: "an array", dict: "an object", type(None): "null"}
     return names.get(type(value), type(value).__name__)
@@ -70,7 +71,7 @@ def _json_type(value: object) -> str:
 
 def _structure_uuid(value: object, _: type) -> UUID:
     if not isinstance(value, str):
-        raise ValueError(f"expected a UUID string, got {_json_type(value)}")
+        raise ValueError(f"expected a UUID string, got {json_type(value)}")
     try:
         return UUID(value)
     except ValueError:
@@ -80,7 +81,7 @@ def _structure_uuid(value: object, _: type) -> UUID:
 def _structure_frequency(value: object, _: type) -> Frequency:
     if not isinstance(value, str):
         raise FrequencyError(
-            f"frequency must be a string like 'every 30 seconds', got {_json_type(value)}",
+            f"frequency must be a string like 'every 30 seconds', got {json_type(value)}",
             text=value,
         )
     return parse_frequency(value)
@@ -112,7 +113,7 @@ def make_converter() -> cattrs.Converter:
 
     def structure_created(value: Any, _: type) -> TaskCreated:
         if not isinstance(value, dict):
-            raise ValueError(f"expected an object, got {_json_type(value)}")
+            raise ValueError(f"expected an object, got {json_type(value)}")
         return TaskCreated(
             command_id=_structure_uuid(value.get("command_id"), UUID),
             task=converter.structure(value, Task),
@@ -135,7 +136,7 @@ def unstructure(value: object) -> Any:
 def structure(data: object, kind: type[T]) -> T:
     """Build a ``kind`` from JSON data, or raise :class:`WireError` naming the field at fault."""
     if not isinstance(data, dict) and hasattr(kind, "__attrs_attrs__"):
-        raise WireError(f"the body must be a JSON object, got {_json_type(data)}")
+        raise WireError(f"the body must be a JSON object, got {json_type(data)}")
     try:
         return converter.structure(data, kind)
     except WireError:

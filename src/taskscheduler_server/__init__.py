@@ -11,12 +11,11 @@ from .config import ServerConfig, parse_available_servers
 from .dispatch import Backoff, Dispatcher
 from .errors import ApiError, ServerError, TaskNotFound
 from .outputs import latest_output_of
-from .records import AgentRecord, Assignment
+from .records import Assignment
 from .serve import serve
 from .store import AsyncStore, Store
 
 __all__ = [
-    "AgentRecord",
     "ApiError",
     "Assignment",
     "AsyncStore",

@@ -8,11 +8,10 @@ reach a client.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID, uuid4
 
 from starlette.applications import Starlette
@@ -24,15 +23,17 @@ from starlette.routing import Route
 from taskscheduler_core import (
     DEFAULT_REPORT_GRACE,
     Agent,
+    BodyReader,
     CreateTask,
     ExecutionReport,
     RegisterAgent,
     Task,
     TaskCreated,
-    WireError,
-    structure,
+    client_disconnected,
+    http_error,
     unstructure,
 )
+from taskscheduler_core import ApiError as CoreApiError
 
 from .clock import utc_now
 from .config import DEFAULT_MAX_BODY_BYTES, ServerConfig
@@ -47,52 +48,6 @@ T = TypeVar("T")
 
 #: SQLite stores signed 64-bit integers; a larger number in a report is refused, not a crash.
 _INT64 = range(-(2**63), 2**63)
-
-_STATUS_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-}
-
-
-def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(ApiError(status, code, message, field=field).body(), status_code=status)
-
-
-def _json_kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    kinds = {list: "an array", str: "a string", int: "a number", float: "a number"}
-    return kinds.get(type(value), "null")
-
-
-def _unpaired_surrogate_at(data: object) -> str | None:
-    """Where a string holds a lone UTF-16 surrogate (valid JSON, not UTF-8), or ``None``.
-
-    The place is a dotted path (``""`` for an object key at the top).
-
-    Such a string could be neither stored nor sent back, so it is refused up front. Iterative:
-    JSON that parsed may still be nested deeper than Python's recursion limit allows twice.
-    """
-    stack: list[tuple[object, str]] = [(data, "")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return path
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((key, path))
-                stack.append((item, f"{path}.{key}" if path else str(key)))
-        elif isinstance(value, list):
-            stack.extend(
-                (item, f"{path}.{index}" if path else str(index))
-                for index, item in enumerate(value)
-            )
-    return None
 
 
 class _Api:
@@ -115,51 +70,17 @@ class _Api:
 
     # -- reading requests ----------------------------------------------------------------
 
-    async def read_json(self, request: Request) -> dict[str, Any]:
-        """The body as a JSON object, refusing a body too large before reading all of it."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise self._too_large()
-        body = bytearray()
-        try:
-            # Content-Length may be absent (chunked) or wrong: count what actually arrives.
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > self.max_body_bytes:
-                    raise self._too_large()
-        except ClientDisconnect:
-            raise ApiError(400, "client_disconnected", "the client went away mid-body") from None
-        if not body.strip():
-            raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ApiError(
-                422, "invalid_body", f"the body must be a JSON object, got {_json_kind(data)}"
-            )
-        where = _unpaired_surrogate_at(data)
-        if where is not None:
-            raise ApiError(
-                422,
-                "invalid_string",
-                "strings must be valid Unicode (no lone surrogates)",
-                field=where or None,
-            )
-        return data
-
-    def _too_large(self) -> ApiError:
-        return ApiError(
-            413, "body_too_large", f"the request body is larger than {self.max_body_bytes} bytes"
-        )
-
     async def read_body(self, request: Request, kind: type[T]) -> T:
-        data = await self.read_json(request)
+        """The body as a ``kind``, refusing one too large before reading all of it."""
+        reader = BodyReader(
+            self.max_body_bytes, content_length=request.headers.get("content-length")
+        )
         try:
-            return structure(data, kind)
-        except WireError as error:
-            raise ApiError(422, "validation_error", error.message, field=error.field) from None
+            async for chunk in request.stream():
+                reader.feed(chunk)
+        except ClientDisconnect:
+            raise client_disconnected() from None
+        return reader.decode(kind)
 
     @staticmethod
     def task_id(request: Request) -> UUID:
@@ -240,31 +161,29 @@ class _Api:
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, ApiError)
+    assert isinstance(error, CoreApiError)
     return JSONResponse(error.body(), status_code=error.status)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
     """Starlette's own refusals (no route, wrong method) in our error format."""
     assert isinstance(error, HTTPException)
-    status = error.status_code
-    if status == 404:
-        message = f"no such endpoint: {request.url.path}"
-    elif status == 405:
-        allowed = (error.headers or {}).get("Allow", "")
-        message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
-    else:
-        message = str(error.detail)
-    code = _STATUS_CODES.get(status, "http_error")
-    return JSONResponse(
-        ApiError(status, code, message).body(), status_code=status, headers=error.headers
+    headers = error.headers or {}
+    refusal = http_error(
+        error.status_code,
+        method=request.method,
+        path=request.url.path,
+        allowed=headers.get("Allow", ""),
+        detail=error.detail,
     )
+    return JSONResponse(refusal.body(), status_code=refusal.status, headers=error.headers)
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
     # Every input is meant to be refused with a 4xx before it gets here: this is a bug.
     logger.error("internal error on %s %s", request.method, request.url.path, exc_info=error)
-    return _error(500, "internal_error", "internal server error; see the server log")
+    bug = ApiError(500, "internal_error", "internal server error; see the server log")
+    return JSONResponse(bug.body(), status_code=bug.status)
 
 
 def create_app(
@@ -297,7 +216,7 @@ def create_app(
     return Starlette(
         routes=routes,
         exception_handlers={
-            ApiError: _api_error,
+            CoreApiError: _api_error,
             HTTPException: _http_error,
             Exception: _internal_error,
         },

@@ -33,6 +33,7 @@ from taskscheduler_core import (
     structure,
     unstructure,
 )
+from taskscheduler_core import Backoff as CoreBackoff
 
 from .clock import utc_now
 from .config import ServerConfig, normalize_agent_url
@@ -50,24 +51,23 @@ _UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL)
 
 
 class Backoff:
-    """Capped exponential backoff with "equal jitter": each wait is in ``[d/2, d]``.
+    """The retry timer of one lane: the core's backoff, counting failures since the last reset.
 
-    The jitter keeps many lanes (or many servers) that failed together from retrying in step.
+    Each wait is in ``[d/2, d]`` with a random draw: the jitter keeps many lanes (or many
+    servers) that failed together from retrying in step.
     """
 
     def __init__(self, initial: timedelta, maximum: timedelta) -> None:
-        self.initial = initial.total_seconds()
-        self.maximum = maximum.total_seconds()
-        self._current = self.initial
+        self.policy = CoreBackoff(initial=initial.total_seconds(), maximum=maximum.total_seconds())
+        self._failures = 0
 
     def reset(self) -> None:
-        self._current = self.initial
+        self._failures = 0
 
     def next_delay(self) -> float:
         """Seconds to wait before the next attempt; each call doubles the next, up to the cap."""
-        delay = self._current
-        self._current = min(self._current * 2, self.maximum)
-        return delay / 2 + random.uniform(0, delay / 2)
+        self._failures += 1
+        return self.policy.delay(self._failures, jitter=random.random())
 
 
 @attrs.define(eq=False)

@@ -4,17 +4,19 @@
 
     ServerError (also TaskSchedulerError)
     ├── TaskNotFound (also LookupError)   a task id the store does not hold
-    └── ApiError                          a request the API refuses; becomes a 4xx JSON error
+    └── ApiError (also core ApiError)     a request the API refuses; becomes a 4xx JSON error
 
-Every :class:`ApiError` is answered as ``{"error": {"code", "message", "field"}}`` with its
-status; nothing else a client sends may turn into a 5xx.
+Every core :class:`~taskscheduler_core.ApiError` is answered as ``{"error": {"code",
+"message", "field"}}`` with its status: this subclass, for what the server refuses itself, and
+the core's own, for a body or route the core refuses. Nothing else a client sends may turn
+into a 5xx.
 """
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
+from taskscheduler_core import ApiError as CoreApiError
 from taskscheduler_core import TaskSchedulerError
 
 
@@ -30,15 +32,5 @@ class TaskNotFound(ServerError, LookupError):
         self.task_id = task_id
 
 
-class ApiError(ServerError):
-    """A request refused with a 4xx status, a stable ``code`` and, where known, the ``field``."""
-
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+class ApiError(ServerError, CoreApiError):
+    """A request the server refuses itself: the core's ``ApiError``, in the server's tree."""

@@ -1,6 +1,6 @@
-"""What the server keeps about its agents and about which agent runs which task.
+"""What the server keeps about which agent runs which task.
 
-Tasks and executions are core models; these two exist only on the server.
+Tasks, agents and executions are core models; assignments exist only on the server.
 """
 
 from __future__ import annotations
@@ -11,16 +11,6 @@ from uuid import UUID
 import attrs
 
 from taskscheduler_core import Task
-
-
-@attrs.frozen(kw_only=True)
-class AgentRecord:
-    """An agent the server knows, as ``GET /api/v1/agents`` lists it."""
-
-    id: UUID
-    url: str
-    registered_at: datetime  #: first time the server heard of this agent
-    last_seen_at: datetime  #: latest registration (or resolution from ``AVAILABLE_SERVERS``)
 
 
 @attrs.frozen(kw_only=True)

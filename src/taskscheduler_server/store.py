@@ -1,7 +1,7 @@
 """The server's database: tasks, agents, assignments and executions in SQLite, through peewee.
 
 Every line of peewee in the server lives in this module. :class:`Store` is synchronous and
-returns core models (and the server's records); the async side reaches it only through
+returns core models (and the server's assignments); the async side reaches it only through
 :class:`AsyncStore`, which runs each call in a worker thread behind a ``CapacityLimiter(1)``:
 SQLite has one writer, and peewee's single shared connection must never be used by two
 threads at once.
@@ -35,7 +35,7 @@ from taskscheduler_core import (
 )
 
 from .errors import ServerError, TaskNotFound
-from .records import AgentRecord, Assignment
+from .records import Assignment
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -262,8 +262,9 @@ class Store:
 
     # -- agents --------------------------------------------------------------------------
 
-    def upsert_agent(self, agent: Agent) -> AgentRecord:
-        """Register ``agent`` (``registered_at`` is when it was heard from).
+    def upsert_agent(self, agent: Agent) -> Agent:
+        """Register ``agent`` (its ``registered_at`` is when it was heard from); the agent as
+        stored, with the first ``registered_at`` and this one as ``last_seen_at``.
 
         A new agent is assigned every existing task. Every registration, new or not, marks all
         the agent's assignments undelivered: an agent that registers again has probably
@@ -295,11 +296,11 @@ class Store:
                 ).execute()
             return _agent(t.agent.get(t.agent.id == agent.id))
 
-    def get_agent(self, agent_id: UUID) -> AgentRecord | None:
+    def get_agent(self, agent_id: UUID) -> Agent | None:
         row = self._tables.agent.get_or_none(self._tables.agent.id == agent_id)
         return None if row is None else _agent(row)
 
-    def list_agents(self) -> list[AgentRecord]:
+    def list_agents(self) -> list[Agent]:
         """Every known agent, in order of first registration."""
         t = self._tables
         query = t.agent.select().order_by(t.agent.registered_at, t.agent.id)
@@ -483,8 +484,8 @@ def _task(row: Any) -> Task:
     )
 
 
-def _agent(row: Any) -> AgentRecord:
-    return AgentRecord(
+def _agent(row: Any) -> Agent:
+    return Agent(
         id=row.id, url=row.url, registered_at=row.registered_at, last_seen_at=row.last_seen_at
     )
 
