@@ -36,6 +36,11 @@ class Run:
         return frozenset(execution.agent_id for execution in self.executions)
 
     @property
+    def ran(self) -> bool:
+        """Whether a process was started for any execution of the run."""
+        return any(execution.status.ran for execution in self.executions)
+
+    @property
     def completion_time(self) -> datetime | None:
         """When the last execution of the run finished; ``None`` for a run with none."""
         return max((e.finished_at for e in self.executions), default=None)
@@ -78,11 +83,15 @@ def latest_complete_run(
     now: datetime,
     report_grace: timedelta = DEFAULT_REPORT_GRACE,
 ) -> Run | None:
-    """The first complete run of ``runs`` (given newest first), or ``None``.
+    """The first complete run of ``runs`` (given newest first) that ran something, or ``None``.
 
     ``expected(scheduled_at)`` names the agents that should report for the run at that time.
+    A run in which every execution was skipped or missed printed nothing: it is passed over, so
+    that a long command's output is not hidden by the slots skipped while it ran.
     """
     for run in runs:
+        if not run.ran:
+            continue
         if run.is_complete(expected=expected(run.scheduled_at), now=now, report_grace=report_grace):
             return run
     return None

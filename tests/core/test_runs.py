@@ -252,3 +252,18 @@ def test_latest_output_shows_the_newest_complete_run(
     assert output.completion_time == max(e.finished_at for e in shown)
     assert [o.agent_id for o in output.outputs] == sorted(e.agent_id for e in shown)
     assert all(o.stdout == f"{o.agent_id} at {newest}" for o in output.outputs)
+
+
+def test_a_run_in_which_nothing_ran_is_passed_over() -> None:
+    ran = execution(A, T0, stdout="long output\n")
+    skipped = attrs.evolve(
+        execution(A, T0 + SECOND), status=ExecutionStatus.SKIPPED, exit_code=None
+    )
+    missed = attrs.evolve(execution(A, T0 + 2 * SECOND), status=ExecutionStatus.MISSED)
+    runs = group_runs([ran, skipped, missed])
+    assert [run.ran for run in runs] == [False, False, True]
+    shown = latest_output(runs, expected=lambda _: {A}, now=T0 + 3 * SECOND, report_grace=GRACE)
+    assert shown.scheduled_at == T0
+    assert [output.stdout for output in shown.outputs] == ["long output\n"]
+    only_skipped = group_runs([skipped])
+    assert latest_complete_run(only_skipped, expected=lambda _: {A}, now=T0 + GRACE * 2) is None
