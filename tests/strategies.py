@@ -19,6 +19,7 @@ from taskscheduler_core import (
     Agent,
     AgentIdentity,
     AgentOutput,
+    AgentStatus,
     CreateTask,
     Execution,
     ExecutionKey,
@@ -242,6 +243,7 @@ def agents() -> st.SearchStrategy[Agent]:
         url=agent_urls(),
         registered_at=aware_datetimes(),
         last_seen_at=st.none() | aware_datetimes(),
+        status=st.sampled_from(AgentStatus),
     )
 
 

@@ -5,6 +5,9 @@
   a changed one replaces it.
 - ``GET /api/v1/tasks`` — ``{"tasks": [...]}``, the task specs scheduled here, by id (an
   object, like the server's listings, so that fields can be added beside the list).
+- ``DELETE /api/v1/tasks/{task_id}`` — ``200 {"task_id": ..., "removed": bool}``: stop
+  scheduling the task (a running execution finishes and is reported). Idempotent: an unknown id
+  is ``removed: false``; an id that is not a UUID is 422 ``validation_error``.
 - ``GET /api/v1/agent`` — :class:`~taskscheduler_core.AgentIdentity`.
 - ``GET /healthz`` — ``{"status": "ok"}`` while the agent serves.
 
@@ -55,13 +58,24 @@ def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -
     async def schedule(request: Request) -> Response:
         body = await _read_body(request, ScheduleTask)
         try:
-            spec, changed = engine.schedule(body)
+            spec, changed = await engine.schedule(body)
         except TaskRejected as error:
             raise ApiError(422, "validation_error", error.message, field=error.field) from None
         return JSONResponse({"task_id": str(spec.task_id), "changed": changed})
 
     async def list_tasks(request: Request) -> Response:
         return JSONResponse({"tasks": unstructure(engine.tasks())})
+
+    async def remove_task(request: Request) -> Response:
+        text = request.path_params["task_id"]
+        try:
+            task_id = UUID(text)
+        except ValueError:
+            raise ApiError(
+                422, "validation_error", f"invalid UUID {text[:64]!r}", field="task_id"
+            ) from None
+        removed = await engine.remove_task(task_id)
+        return JSONResponse({"task_id": str(task_id), "removed": removed})
 
     async def identity(request: Request) -> Response:
         return JSONResponse(unstructure(AgentIdentity(agent_id=agent_id, version=version)))
@@ -73,6 +87,7 @@ def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -
         routes=[
             Route("/api/v1/tasks/schedule", schedule, methods=["POST"]),
             Route("/api/v1/tasks", list_tasks, methods=["GET"]),
+            Route("/api/v1/tasks/{task_id}", remove_task, methods=["DELETE"]),
             Route("/api/v1/agent", identity, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],

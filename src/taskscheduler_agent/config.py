@@ -54,7 +54,7 @@ def _base_url(value: str | None) -> str | None:
 class AgentConfig:
     """Everything ``run_agent`` needs to know; see each field."""
 
-    #: Where the agent keeps its state (its identity file, later its outbox).
+    #: Where the agent keeps its state: its identity file and ``agent.sqlite3``.
     data_dir: Path = attrs.field(converter=Path)
     #: The address the HTTP endpoint binds to.
     host: str = "127.0.0.1"
@@ -73,7 +73,10 @@ class AgentConfig:
     #: Longest delay between two registration attempts: registration is what lets the server
     #: push tasks here, so it is retried more eagerly than reports.
     register_backoff_max: float = attrs.field(default=10.0, validator=_positive)
-    #: On shutdown, how long running commands get between SIGTERM and SIGKILL.
-    kill_grace: float = attrs.field(default=5.0, validator=_non_negative)
+    #: On a graceful shutdown, how long running commands may go on before their process
+    #: groups are killed (and their executions recorded as ``error``).
+    kill_grace: float = attrs.field(default=10.0, validator=_non_negative)
+    #: How often the agent tells the server it is alive (``POST .../heartbeat``).
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
     #: How long one HTTP request to the server may take before it counts as failed.
     request_timeout: float = attrs.field(default=10.0, validator=_positive)

@@ -7,6 +7,7 @@
         ├── AgentConfigError (also ValueError)  a configuration value out of range
         ├── IdentityError (also ValueError)     ``data_dir/agent_id`` exists but is not a UUID
         ├── TaskRejected (also ValueError)      a task the agent cannot schedule
+        ├── StateError                          ``data_dir/agent.sqlite3`` cannot be used
         └── ApiError (also core ApiError)       a request the API refuses; a 4xx JSON error
 
 Each leaf also subclasses the builtin it resembles and carries the offending value. The API
@@ -52,6 +53,15 @@ class TaskRejected(AgentError, ValueError):
         super().__init__(f"{field}: {message}" if field else message)
         self.message = message
         self.field = field
+
+
+class StateError(AgentError):
+    """The agent's state file cannot be opened, read or written; ``path`` is the file."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
 
 
 class ApiError(AgentError, CoreApiError):

@@ -1,9 +1,11 @@
 """Where executions wait until the server has acknowledged them.
 
 The reporter only needs three operations, so the queue hides behind the small :class:`Outbox`
-protocol: :class:`MemoryOutbox` is the in-memory implementation; a durable one (SQLite in the
-data directory, so that reports survive a restart) can replace it without touching the reporter.
-The methods are async so that such an implementation can run its blocking I/O in a thread.
+protocol. :class:`SqliteOutbox` is the one the agent runs with: the ``outbox`` table of its
+state file, so that reports survive a restart (and a ``SIGKILL``); putting an execution there
+also journals it and ends its ``running`` row, in one transaction. :class:`MemoryOutbox` keeps
+them in memory, for tests and embedders that want no file. The methods are async so that the
+durable one can run its blocking I/O in a thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from taskscheduler_core import Execution, ExecutionKey
+
+from .state import AsyncAgentState
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +76,24 @@ class MemoryOutbox:
 
     async def acknowledge(self, key: ExecutionKey) -> None:
         self._executions.pop(key, None)
+
+
+class SqliteOutbox:
+    """An :class:`Outbox` in the agent's state file (:mod:`taskscheduler_agent.state`).
+
+    Unbounded: a long outage fills the disk slowly (a report is a few hundred bytes plus its
+    output), and dropping reports is what this outbox exists to avoid.
+    """
+
+    def __init__(self, state: AsyncAgentState) -> None:
+        self.state = state
+
+    async def put(self, execution: Execution) -> None:
+        """Journal ``execution`` and queue its report; returns once both are on disk."""
+        await self.state.record(execution)
+
+    async def pending(self) -> Sequence[Execution]:
+        return await self.state.pending()
+
+    async def acknowledge(self, key: ExecutionKey) -> None:
+        await self.state.acknowledge(key)

@@ -1,8 +1,12 @@
-"""Registering with the server, so it knows where to push this agent's tasks."""
+"""Registering with the server, so it knows where to push this agent's tasks, and telling it
+that this agent is alive (heartbeats), so that it is not counted as lost."""
 
 from __future__ import annotations
 
+import enum
 import logging
+from typing import NoReturn
+from uuid import UUID
 
 import httpx
 import trio
@@ -44,3 +48,88 @@ async def register(
         delay = backoff.delay(failures)
         logger.warning("could not register with %s (%s); retrying in %.3g s", url, reason, delay)
         await trio.sleep(delay)
+
+
+class Heartbeat(enum.Enum):
+    """What one heartbeat found out."""
+
+    ALIVE = "alive"  #: the server knows this agent and counts it alive
+    UNKNOWN = "unknown"  #: the server does not know this agent: it must register again
+    FAILED = "failed"  #: no answer, or one that says nothing about this agent
+
+
+async def heartbeat(
+    client: httpx.AsyncClient, *, server_url: str, agent_id: UUID, request_timeout: float = 10.0
+) -> Heartbeat:
+    """``POST {server_url}/api/v1/agents/{agent_id}/heartbeat`` once."""
+    url = f"{server_url.rstrip('/')}/api/v1/agents/{agent_id}/heartbeat"
+    try:
+        response = await client.post(url, json={}, timeout=request_timeout)
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as error:
+        logger.debug("heartbeat to %s failed: %s: %s", url, type(error).__name__, error)
+        return Heartbeat.FAILED
+    if response.is_success:
+        return Heartbeat.ALIVE
+    if response.status_code == 404 and _error_code(response) == "agent_not_found":
+        # The server's database was replaced, or it never had us. Any other 404 is a server
+        # without the endpoint (an older release), where registering again would change
+        # nothing but would repeat at every heartbeat.
+        return Heartbeat.UNKNOWN
+    logger.debug("heartbeat to %s: HTTP %d: %s", url, response.status_code, response.text[:200])
+    return Heartbeat.FAILED
+
+
+async def stay_registered(
+    client: httpx.AsyncClient,
+    *,
+    server_url: str,
+    registration: RegisterAgent,
+    backoff: Backoff,
+    heartbeat_interval: float,
+    request_timeout: float = 10.0,
+) -> NoReturn:
+    """Register, then heartbeat every ``heartbeat_interval`` seconds, forever; register again
+    whenever the server answers a heartbeat with 404 (it does not know this agent)."""
+    await register(
+        client,
+        server_url=server_url,
+        registration=registration,
+        backoff=backoff,
+        request_timeout=request_timeout,
+    )
+    failing = False
+    while True:
+        await trio.sleep(heartbeat_interval)
+        outcome = await heartbeat(
+            client,
+            server_url=server_url,
+            agent_id=registration.agent_id,
+            request_timeout=request_timeout,
+        )
+        if outcome is Heartbeat.FAILED:
+            if not failing:
+                logger.warning("heartbeats to %s fail; still trying", server_url)
+            failing = True
+            continue
+        if failing:
+            logger.info("heartbeats to %s go through again", server_url)
+        failing = False
+        if outcome is Heartbeat.UNKNOWN:
+            logger.warning("%s does not know this agent: registering again", server_url)
+            await register(
+                client,
+                server_url=server_url,
+                registration=registration,
+                backoff=backoff,
+                request_timeout=request_timeout,
+            )
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None

@@ -8,6 +8,11 @@ on the other cannot deadlock, and each is capped by :class:`~taskscheduler_core.
 
 A run ends when the shell has exited *and* both streams are closed: a background child that
 still holds the shell's stdout keeps the run going, as it would in a terminal.
+
+Two ways to end a run early: cancelling the call (the group is killed and ``Cancelled``
+propagates, nothing is returned), or setting its ``stop`` event (the group is killed and the
+result, with what was printed so far, comes back marked ``stopped``): the agent's graceful
+shutdown uses the second, so that a killed command is still recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import trio
@@ -28,6 +33,10 @@ SHELL = "/bin/sh"
 
 _CHUNK = 64 * 1024
 
+#: After a stop kills the group, how long output still held open (by a process that left the
+#: group) is read before the run is closed anyway.
+_DRAIN_AFTER_STOP = 0.5
+
 
 @attrs.frozen(kw_only=True)
 class CommandResult:
@@ -35,7 +44,7 @@ class CommandResult:
 
     ``exit_code`` is the shell's exit status, or ``-N`` when it was killed by signal ``N`` (as
     in :mod:`subprocess`); ``None`` when no process could be started (status ``error``, and
-    ``stderr`` says why).
+    ``stderr`` says why). ``stopped``: the run was ended through ``run_command``'s ``stop``.
     """
 
     status: ExecutionStatus
@@ -44,6 +53,7 @@ class CommandResult:
     stderr: str = ""
     stdout_dropped: int = 0
     stderr_dropped: int = 0
+    stopped: bool = False
 
 
 async def run_command(
@@ -52,12 +62,18 @@ async def run_command(
     env: Mapping[str, str],
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     kill_grace: float = 0.0,
+    stop: trio.Event | None = None,
+    on_start: Callable[[int], Awaitable[None]] | None = None,
 ) -> CommandResult:
     """Run ``command`` with the shell and wait for it; ``env`` is its whole environment.
 
     Cancelling the call kills the command's process group and reaps the shell before the
     cancellation propagates. With ``kill_grace > 0`` the group first gets SIGTERM and that many
     seconds to exit, then SIGKILL; with the default 0 it gets SIGKILL at once.
+
+    Setting ``stop`` SIGKILLs the group and returns the result so far with ``stopped=True``.
+    ``on_start(pid)`` is awaited as soon as the shell runs (its pid is the group's id); if it
+    fails, the group is killed and its error propagates.
     """
     stdout = OutputCapture(max_output_bytes)
     stderr = OutputCapture(max_output_bytes)
@@ -79,13 +95,31 @@ async def run_command(
         )
     # No checkpoint between open_process returning and this try: a cancellation that arrives
     # now is delivered inside it, so the group is always killed.
+    stopped = False
     try:
         assert process.stdout is not None
         assert process.stderr is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process.stdout, stdout)
-            nursery.start_soon(_drain, process.stderr, stderr)
-            exit_code = await process.wait()
+        if on_start is not None:
+            await on_start(process.pid)
+        drain_scope = trio.CancelScope()
+        async with trio.open_nursery() as watch:
+            if stop is not None:
+
+                async def stop_when_asked() -> None:
+                    nonlocal stopped
+                    await stop.wait()
+                    stopped = True
+                    _signal_group(process.pid, signal.SIGKILL)
+                    drain_scope.deadline = trio.current_time() + _DRAIN_AFTER_STOP
+
+                watch.start_soon(stop_when_asked)
+            with drain_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_drain, process.stdout, stdout)
+                    nursery.start_soon(_drain, process.stderr, stderr)
+                    await process.wait()
+            watch.cancel_scope.cancel()
+        exit_code = await process.wait()
     except BaseException:
         with trio.CancelScope(shield=True):
             await _kill_group(process, kill_grace)
@@ -102,6 +136,7 @@ async def run_command(
         stderr=stderr.text(),
         stdout_dropped=stdout.dropped,
         stderr_dropped=stderr.dropped,
+        stopped=stopped,
     )
 
 

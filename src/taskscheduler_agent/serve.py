@@ -1,7 +1,11 @@
-"""Running an agent: its HTTP endpoint, scheduling loop, reporter and registration.
+"""Running an agent: its HTTP endpoint, scheduling loop, reporter, registration and heartbeats.
 
-:func:`run_agent` opens the one nursery that owns all of them, so cancelling it stops the agent
-as a whole: the endpoint closes, and commands still running have their process groups killed.
+:func:`run_agent` opens the one nursery that owns all of them. On start it opens the state file
+(``DATA_DIR/agent.sqlite3``), records the executions a previous run left interrupted, resumes
+every saved schedule and delivers the outbox. It stops two ways: gracefully when its
+``shutdown`` event is set (no new command starts, running ones get ``kill_grace`` seconds, then
+are killed and recorded), or at once when cancelled (running commands are killed; the next
+start records them as interrupted).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from .backoff import Backoff
 from .config import AgentConfig
 from .engine import Engine
 from .identity import load_or_create_agent_id
-from .registration import register
+from .outbox import SqliteOutbox
+from .recovery import recover_interrupted
+from .registration import stay_registered
 from .reporter import Reporter
+from .state import STATE_FILE, AsyncAgentState
 
 logger = logging.getLogger(__name__)
 
@@ -46,63 +53,93 @@ class AgentStarted:
 
 
 async def run_agent(
-    config: AgentConfig, *, task_status: trio.TaskStatus[AgentStarted] = trio.TASK_STATUS_IGNORED
+    config: AgentConfig,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[AgentStarted] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the agent until cancelled; ``task_status.started`` once it listens.
+    """Run the agent until ``shutdown`` is set (a graceful stop; then it returns) or until
+    cancelled; ``task_status.started`` once it listens.
 
     With ``config.server_url`` the agent registers there (retrying until it is accepted, on every
-    start) and reports every execution there.
+    start), heartbeats every ``config.heartbeat_interval`` and reports every execution there.
     """
     agent_id = await trio.to_thread.run_sync(load_or_create_agent_id, config.data_dir)
-    async with httpx.AsyncClient(timeout=config.request_timeout) as client:
-        reporter = Reporter(
-            server_url=config.server_url,
-            client=client,
-            backoff=Backoff(
-                initial=config.report_backoff_initial, maximum=config.report_backoff_max
-            ),
-            request_timeout=config.request_timeout,
-        )
-        engine = Engine(
-            agent_id=agent_id,
-            deliver=reporter.submit,
-            env=os.environ,
-            max_output_bytes=config.max_output_bytes,
-            kill_grace=config.kill_grace,
-        )
-        app = create_app(engine=engine, agent_id=agent_id)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(reporter.run)
-            await nursery.start(engine.run)
-            # Starlette and hypercorn spell the ASGI callable's types each their own way.
-            asgi_app = cast("ASGIFramework", app)
-            binds: list[str] = await nursery.start(
-                partial(serve, asgi_app, _hypercorn_config(config))
+    state = await AsyncAgentState.open(config.data_dir / STATE_FILE)
+    try:
+        async with httpx.AsyncClient(timeout=config.request_timeout) as client:
+            await _run(config, agent_id, state, client, shutdown, task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            await state.aclose()
+
+
+async def _run(
+    config: AgentConfig,
+    agent_id: UUID,
+    state: AsyncAgentState,
+    client: httpx.AsyncClient,
+    shutdown: trio.Event | None,
+    task_status: trio.TaskStatus[AgentStarted],
+) -> None:
+    reporter = Reporter(
+        server_url=config.server_url,
+        outbox=SqliteOutbox(state),
+        client=client,
+        backoff=Backoff(initial=config.report_backoff_initial, maximum=config.report_backoff_max),
+        request_timeout=config.request_timeout,
+    )
+    engine = Engine(
+        agent_id=agent_id,
+        deliver=reporter.submit,
+        env=os.environ,
+        max_output_bytes=config.max_output_bytes,
+        kill_grace=config.kill_grace,
+        store=state,
+    )
+    await recover_interrupted(state, reporter.submit, agent_id=agent_id, now=engine.clock.now())
+    for saved in await state.schedules():
+        engine.restore(saved.spec, after=saved.resume_after)
+    app = create_app(engine=engine, agent_id=agent_id)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reporter.run)
+        await nursery.start(engine.run)
+        # Starlette and hypercorn spell the ASGI callable's types each their own way.
+        asgi_app = cast("ASGIFramework", app)
+        binds: list[str] = await nursery.start(partial(serve, asgi_app, _hypercorn_config(config)))
+        bound_url = binds[0]
+        url = config.advertise_url or bound_url
+        if config.advertise_url is None and config.host in _ALL_ADDRESSES:
+            logger.warning(
+                "listening on all addresses as %s: set advertise_url to the URL the server "
+                "can reach this agent at",
+                bound_url,
             )
-            bound_url = binds[0]
-            url = config.advertise_url or bound_url
-            if config.advertise_url is None and config.host in _ALL_ADDRESSES:
-                logger.warning(
-                    "listening on all addresses as %s: set advertise_url to the URL the server "
-                    "can reach this agent at",
-                    bound_url,
+        if config.server_url is not None:
+            nursery.start_soon(
+                partial(
+                    stay_registered,
+                    client,
+                    server_url=config.server_url,
+                    registration=RegisterAgent(agent_id=agent_id, url=url),
+                    backoff=Backoff(
+                        initial=config.report_backoff_initial,
+                        maximum=config.register_backoff_max,
+                    ),
+                    heartbeat_interval=config.heartbeat_interval,
+                    request_timeout=config.request_timeout,
                 )
-            if config.server_url is not None:
-                nursery.start_soon(
-                    partial(
-                        register,
-                        client,
-                        server_url=config.server_url,
-                        registration=RegisterAgent(agent_id=agent_id, url=url),
-                        backoff=Backoff(
-                            initial=config.report_backoff_initial,
-                            maximum=config.register_backoff_max,
-                        ),
-                        request_timeout=config.request_timeout,
-                    )
-                )
-            logger.info("agent %s listening on %s", agent_id, bound_url)
-            task_status.started(AgentStarted(agent_id=agent_id, url=url, bound_url=bound_url))
+            )
+        logger.info(
+            "agent %s listening on %s with %d task(s)", agent_id, bound_url, len(engine.tasks())
+        )
+        task_status.started(AgentStarted(agent_id=agent_id, url=url, bound_url=bound_url))
+        if shutdown is not None:
+            await shutdown.wait()
+            logger.info("agent %s stopping", agent_id)
+            await engine.stop()
+            # Reports not yet delivered stay in the outbox, on disk, for the next start.
+            nursery.cancel_scope.cancel()
 
 
 def _hypercorn_config(config: AgentConfig) -> HypercornConfig:

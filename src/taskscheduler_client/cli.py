@@ -11,9 +11,11 @@ cannot be reached, a port is taken).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, NoReturn
 from urllib.parse import urlsplit
@@ -46,6 +48,11 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_SERVER_PORT = 8080
 DEFAULT_AGENT_PORT = 8081
 DEFAULT_AGENTS = 2
+#: The server's liveness and reconciliation periods, in seconds (``ServerConfig``'s defaults).
+DEFAULT_LOST_AFTER = 15.0
+DEFAULT_RECONCILE_INTERVAL = 30.0
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_KILL_GRACE = 10.0
 
 _SERVER_HINT = "is the server running? try 'tsched up'"
 
@@ -123,6 +130,16 @@ def http_url(value: str) -> str:
 
 def _url_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     return None if value is None else http_url(value)
+
+
+def _seconds_option(ctx: click.Context, param: click.Parameter, value: float) -> timedelta:
+    """A positive number of seconds as a duration; ``inf``, ``nan`` and the absurd are refused."""
+    try:
+        if math.isfinite(value):
+            return timedelta(seconds=value)
+    except OverflowError:
+        pass
+    raise click.BadParameter(f"{value} is not a usable number of seconds")
 
 
 def _url_list_option(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
@@ -323,6 +340,26 @@ def _fail(message: str) -> NoReturn:
     callback=_url_list_option,
     help="Comma-separated base URLs of agents to send tasks to (agents may also register).",
 )
+@click.option(
+    "--lost-after",
+    envvar="TSCHED_LOST_AFTER",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_LOST_AFTER,
+    show_default=True,
+    metavar="SECONDS",
+    callback=_seconds_option,
+    help="Mark an agent lost when not heard from (heartbeat, registration, report) this long.",
+)
+@click.option(
+    "--reconcile-interval",
+    envvar="TSCHED_RECONCILE_INTERVAL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_RECONCILE_INTERVAL,
+    show_default=True,
+    metavar="SECONDS",
+    callback=_seconds_option,
+    help="How often to check that every alive agent has exactly its tasks.",
+)
 @click.pass_context
 def server(
     ctx: click.Context,
@@ -331,8 +368,15 @@ def server(
     database: Path | None,
     data_dir: Path | None,
     available_servers: Sequence[str],
+    lost_after: timedelta,
+    reconcile_interval: timedelta,
 ) -> None:
-    """Run the server (REST API, task store, dispatch to agents)."""
+    """Run the server (REST API, task store, dispatch to agents).
+
+    It marks agents lost when they fall silent, and reconciles every alive agent's tasks on
+    its registration and every --reconcile-interval. Ctrl-C or SIGTERM lets open requests
+    finish, then stops it.
+    """
     command_line = click.core.ParameterSource.COMMANDLINE
     if (
         ctx.get_parameter_source("database") == command_line
@@ -346,7 +390,12 @@ def server(
         database = (data_dir or default_data_dir()) / SERVER_DATABASE_NAME
     try:
         config = ServerConfig(
-            host=host, port=port, database=database, available_agents=tuple(available_servers)
+            host=host,
+            port=port,
+            database=database,
+            available_agents=tuple(available_servers),
+            lost_after=lost_after,
+            reconcile_interval=reconcile_interval,
         )
     except (TypeError, ValueError) as error:
         _fail(str(error))
@@ -367,7 +416,8 @@ def server(
     "--data-dir",
     envvar="TSCHED_DATA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
-    help="State directory; keeps the agent's id [default: $XDG_DATA_HOME/taskscheduler/agent]",
+    help="State directory: the agent's id and agent.sqlite3 "
+    "[default: $XDG_DATA_HOME/taskscheduler/agent]",
 )
 @click.option(
     "--server",
@@ -392,6 +442,24 @@ def server(
     show_default=True,
     help="Bytes of stdout and of stderr kept per execution (the tail is kept).",
 )
+@click.option(
+    "--heartbeat-interval",
+    envvar="TSCHED_HEARTBEAT_INTERVAL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_HEARTBEAT_INTERVAL,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often to tell the server this agent is alive.",
+)
+@click.option(
+    "--kill-grace",
+    envvar="TSCHED_KILL_GRACE",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_KILL_GRACE,
+    show_default=True,
+    metavar="SECONDS",
+    help="On Ctrl-C or SIGTERM, how long running commands may finish before they are killed.",
+)
 def agent(
     host: str,
     port: int,
@@ -399,8 +467,14 @@ def agent(
     server_url: str | None,
     advertise_url: str | None,
     max_output_bytes: int,
+    heartbeat_interval: float,
+    kill_grace: float,
 ) -> None:
-    """Run an agent, which runs the tasks it is given on this host."""
+    """Run an agent, which runs the tasks it is given on this host.
+
+    Its schedules and undelivered reports are kept in DATA_DIR/agent.sqlite3. Ctrl-C or SIGTERM
+    stops it gracefully (running commands get --kill-grace seconds); a second one, at once.
+    """
     with _service_package("agent"):
         from taskscheduler_agent import AgentConfig
 
@@ -412,6 +486,8 @@ def agent(
             server_url=server_url,
             advertise_url=advertise_url,
             max_output_bytes=max_output_bytes,
+            heartbeat_interval=heartbeat_interval,
+            kill_grace=kill_grace,
         )
     except (TypeError, ValueError) as error:
         _fail(str(error))

@@ -3,9 +3,12 @@
 The server and agent packages are imported only here, and only when a service is started, so
 the client and the other commands never load hypercorn, Starlette or peewee.
 
-A service runs until SIGINT or SIGTERM: the signal cancels the nursery that owns every service,
-so each one shuts down through trio's cancellation rather than a ``KeyboardInterrupt`` thrown
-into whatever code happened to be running.
+A service runs until SIGINT or SIGTERM. The first signal stops the agents gracefully (each
+lets its running commands finish for its ``kill_grace``, then kills and records them), then
+cancels the nursery that owns every service, so each one shuts down through trio's cancellation
+rather than a ``KeyboardInterrupt`` thrown into whatever code happened to be running. A second
+signal cancels at once, without waiting for the agents' commands (they are killed, and recorded
+as interrupted when the agent starts again).
 """
 
 from __future__ import annotations
@@ -47,12 +50,46 @@ async def start_server(nursery: trio.Nursery, config: ServerConfig) -> str:
 
 
 async def start_agent(nursery: trio.Nursery, config: AgentConfig) -> AgentStarted:
-    """Start an agent in ``nursery``; its id and URL once it listens."""
+    """Start an agent in ``nursery``; its id and URL once it listens.
+
+    Under :func:`run_until_stopped` the first signal stops it gracefully.
+    """
     from taskscheduler_agent import run_agent
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    started: AgentStarted = await nursery.start(run_agent, config)
+    shutdown = trio.Event()
+    stopped = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[AgentStarted]) -> None:
+        try:
+            await run_agent(config, shutdown=shutdown, task_status=task_status)
+        finally:
+            stopped.set()
+
+    started: AgentStarted = await nursery.start(run)
+
+    async def stop() -> None:
+        shutdown.set()
+        await stopped.wait()
+
+    _graceful_stops().append(stop)
     return started
+
+
+#: What the first signal runs (concurrently) before cancelling every service: one per agent
+#: started in this ``trio.run``.
+_GRACEFUL_STOPS: trio.lowlevel.RunVar[list[Callable[[], Awaitable[None]]]] = trio.lowlevel.RunVar(
+    "graceful_stops"
+)
+
+
+def _graceful_stops() -> list[Callable[[], Awaitable[None]]]:
+    try:
+        return _GRACEFUL_STOPS.get()
+    except LookupError:
+        stops: list[Callable[[], Awaitable[None]]] = []
+        _GRACEFUL_STOPS.set(stops)
+        return stops
 
 
 async def start_local_stack(
@@ -101,8 +138,25 @@ async def _serve_until_signalled(start: Callable[[trio.Nursery], Awaitable[None]
 
 
 async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    await _next_signal(signals)
+    # The first signal: stop the agents gracefully; a second one cuts that short.
+    with trio.CancelScope() as graceful:
+        async with trio.open_nursery() as nursery:
+
+            async def cut_short() -> None:
+                await _next_signal(signals)
+                graceful.cancel()
+
+            nursery.start_soon(cut_short)
+            async with trio.open_nursery() as stopping:
+                for stop in _graceful_stops():
+                    stopping.start_soon(stop)
+            nursery.cancel_scope.cancel()
+    scope.cancel()
+
+
+async def _next_signal(signals: AsyncIterator[int]) -> None:
     async for _ in signals:
-        scope.cancel()
         return
 
 

@@ -125,18 +125,27 @@ class Execution:
         )
 
 
+class AgentStatus(enum.Enum):
+    """Whether the server hears from an agent."""
+
+    ALIVE = "alive"  #: heard from (heartbeat, registration or report) within ``lost_after``
+    LOST = "lost"  #: silent for longer than that; a run does not wait for it
+
+
 @attrs.frozen(kw_only=True)
 class Agent:
     """An agent the server knows: its stable id and the base URL it is reached at.
 
     ``registered_at`` is when the server first heard of it; ``last_seen_at`` when it last did
-    (its latest registration, or resolution from ``AVAILABLE_SERVERS``), where known.
+    (a heartbeat, registration, report, or resolution from ``AVAILABLE_SERVERS``), where known;
+    ``status`` whether it is heard from still.
     """
 
     id: UUID
     url: str
     registered_at: datetime = attrs.field(converter=_utc)
     last_seen_at: datetime | None = attrs.field(default=None, converter=optional_utc)
+    status: AgentStatus = AgentStatus.ALIVE
 
 
 @attrs.frozen(kw_only=True)

@@ -1,4 +1,5 @@
-"""taskscheduler's server: the REST API, the SQLite store, and delivery of tasks to agents.
+"""taskscheduler's server: the REST API, the SQLite store, delivery and reconciliation of
+tasks to agents, and the liveness of agents.
 
 ``await nursery.start(serve, ServerConfig(database=path, port=0))`` runs it and returns its URL;
 :func:`create_app` gives the ASGI application alone, over an :class:`AsyncStore`.
@@ -10,7 +11,9 @@ from .app import create_app
 from .config import ServerConfig, parse_available_servers
 from .dispatch import Backoff, Dispatcher
 from .errors import ApiError, ServerError, TaskNotFound
+from .liveness import watch_liveness
 from .outputs import latest_output_of
+from .reconcile import Reconciler, Reconciliation
 from .records import Assignment
 from .serve import serve
 from .store import AsyncStore, Store
@@ -21,6 +24,8 @@ __all__ = [
     "AsyncStore",
     "Backoff",
     "Dispatcher",
+    "Reconciler",
+    "Reconciliation",
     "ServerConfig",
     "ServerError",
     "Store",
@@ -29,4 +34,5 @@ __all__ = [
     "latest_output_of",
     "parse_available_servers",
     "serve",
+    "watch_liveness",
 ]

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from taskscheduler_core import (
     DEFAULT_REPORT_GRACE,
     Agent,
+    AgentStatus,
     BodyReader,
     CreateTask,
     ExecutionReport,
@@ -40,6 +41,7 @@ from .config import DEFAULT_MAX_BODY_BYTES, ServerConfig
 from .dispatch import Dispatcher
 from .errors import ApiError, TaskNotFound
 from .outputs import latest_output_of
+from .reconcile import Reconciler
 from .store import AsyncStore, Store
 
 logger = logging.getLogger("taskscheduler.server.app")
@@ -57,6 +59,7 @@ class _Api:
         self,
         store: AsyncStore,
         dispatcher: Dispatcher | None,
+        reconciler: Reconciler | None,
         *,
         max_body_bytes: int,
         report_grace: timedelta,
@@ -64,6 +67,7 @@ class _Api:
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
+        self.reconciler = reconciler
         self.max_body_bytes = max_body_bytes
         self.report_grace = report_grace
         self.clock = clock
@@ -100,6 +104,26 @@ class _Api:
     def no_task(task_id: UUID) -> ApiError:
         return ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
 
+    @staticmethod
+    def agent_id(request: Request) -> UUID:
+        text = request.path_params["agent_id"]
+        try:
+            return UUID(text)
+        except ValueError:
+            raise ApiError(
+                404,
+                "agent_not_found",
+                f"no agent with id {text[:64]!r}: agent ids are UUIDs",
+                field="agent_id",
+            ) from None
+
+    def agent_is_back(self, agent_id: UUID) -> None:
+        """``agent_id`` registered or returned from ``lost``: check and push its tasks now."""
+        if self.dispatcher is not None:
+            self.dispatcher.notify(agent_id)
+        if self.reconciler is not None:
+            self.reconciler.notify(agent_id)
+
     # -- routes --------------------------------------------------------------------------
 
     async def create_task(self, request: Request) -> Response:
@@ -135,9 +159,11 @@ class _Api:
                 raise ApiError(
                     422, "validation_error", "must fit in a signed 64-bit integer", field=name
                 )
-        execution = report.execution(task_id, received_at=self.clock())
+        received_at = self.clock()
+        execution = report.execution(task_id, received_at=received_at)
         try:
-            new = await self.store.call(Store.record_execution, execution)
+            # A report is also a sign of life of the agent that sends it.
+            new = await self.store.call(Store.record_execution, execution, seen_at=received_at)
         except TaskNotFound:
             raise self.no_task(task_id) from None
         # Answered only now, after the commit: the agent may forget the report when it sees 200.
@@ -147,10 +173,26 @@ class _Api:
         body = await self.read_body(request, RegisterAgent)
         agent = Agent(id=body.agent_id, url=body.url.rstrip("/"), registered_at=self.clock())
         record = await self.store.call(Store.upsert_agent, agent)
-        if self.dispatcher is not None:
-            self.dispatcher.notify(record.id)
+        self.agent_is_back(record.id)
         logger.info("agent %s registered at %s", record.id, record.url)
         return JSONResponse({"agent_id": str(record.id), "url": record.url})
+
+    async def heartbeat(self, request: Request) -> Response:
+        agent_id = self.agent_id(request)
+        await self.read_body(request, dict)  # a JSON object; no field is read yet
+        before = await self.store.call(Store.heartbeat, agent_id, self.clock())
+        if before is None:
+            # The agent registers again on this answer, which tells us its URL.
+            raise ApiError(
+                404,
+                "agent_not_found",
+                f"no agent with id {agent_id}; register first",
+                field="agent_id",
+            )
+        if before is AgentStatus.LOST:
+            logger.info("agent %s is alive again", agent_id)
+            self.agent_is_back(agent_id)
+        return JSONResponse({"agent_id": str(agent_id), "status": AgentStatus.ALIVE.value})
 
     async def list_agents(self, request: Request) -> Response:
         agents = await self.store.call(Store.list_agents)
@@ -190,10 +232,12 @@ def create_app(
     store: AsyncStore,
     *,
     dispatcher: Dispatcher | None = None,
+    reconciler: Reconciler | None = None,
     config: ServerConfig | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Starlette:
-    """The REST API over ``store``; new tasks and registrations are handed to ``dispatcher``.
+    """The REST API over ``store``; new tasks and registrations are handed to ``dispatcher``,
+    registrations and agents that come back to ``reconciler``.
 
     Without a dispatcher nothing is pushed to agents (handy in tests). ``config`` supplies
     ``max_body_bytes`` and ``report_grace``; its other settings are for :func:`serve`.
@@ -201,6 +245,7 @@ def create_app(
     api = _Api(
         store,
         dispatcher,
+        reconciler,
         max_body_bytes=config.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES,
         report_grace=config.report_grace if config else DEFAULT_REPORT_GRACE,
         clock=clock,
@@ -210,6 +255,7 @@ def create_app(
         Route("/api/v1/tasks/{task_id}/latest_output", api.latest_output, methods=["GET"]),
         Route("/api/v1/tasks/{task_id}/complete", api.complete, methods=["POST"]),
         Route("/api/v1/agents/register", api.register_agent, methods=["POST"]),
+        Route("/api/v1/agents/{agent_id}/heartbeat", api.heartbeat, methods=["POST"]),
         Route("/api/v1/agents", api.list_agents, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
     ]

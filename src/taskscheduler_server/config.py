@@ -13,6 +13,13 @@ from taskscheduler_core import DEFAULT_REPORT_GRACE
 #: Request bodies larger than this are refused with 413 before they are parsed.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
+#: An agent not heard from (heartbeat, registration, report) for this long is ``lost``: three
+#: missed heartbeats at the agent's default interval of 5 s.
+DEFAULT_LOST_AFTER = timedelta(seconds=15)
+
+#: How often the server compares what each alive agent has scheduled with what it should have.
+DEFAULT_RECONCILE_INTERVAL = timedelta(seconds=30)
+
 
 def normalize_agent_url(url: str) -> str:
     """An agent base URL as the dispatcher uses it: with a scheme, without a trailing slash.
@@ -88,6 +95,13 @@ class ServerConfig:
     #: How long open requests may finish after shutdown starts before they are cut off.
     graceful_timeout: timedelta = attrs.field(
         default=timedelta(seconds=3), validator=_positive_duration
+    )
+    #: An agent silent for this long is marked ``lost``; the next contact marks it ``alive``.
+    lost_after: timedelta = attrs.field(default=DEFAULT_LOST_AFTER, validator=_positive_duration)
+    #: The period of the reconciliation of every alive agent's tasks (it also runs on every
+    #: registration).
+    reconcile_interval: timedelta = attrs.field(
+        default=DEFAULT_RECONCILE_INTERVAL, validator=_positive_duration
     )
 
     def __attrs_post_init__(self) -> None:

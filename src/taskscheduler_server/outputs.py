@@ -30,10 +30,15 @@ def latest_output_of(
     if store.get_task(task_id) is None:
         return None
     assigned = store.assignment_times(task_id)
+    lost = store.lost_agents()
 
     def expected(scheduled_at: datetime) -> frozenset[UUID]:
-        # An agent is waited for only for the fire times after it was assigned the task.
-        return frozenset(agent for agent, since in assigned.items() if since < scheduled_at)
+        # An agent is waited for only for the fire times after it was assigned the task, and
+        # only while it is not lost: a silent agent would hold every run back until the
+        # report deadline (which bounds the wait for every agent in any case).
+        return frozenset(
+            agent for agent, since in assigned.items() if since < scheduled_at and agent not in lost
+        )
 
     before: datetime | None = None
     while True:

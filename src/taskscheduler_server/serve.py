@@ -1,7 +1,9 @@
-"""Running the server: the store, the dispatcher and hypercorn (trio worker) in one nursery."""
+"""Running the server: the store, hypercorn (trio worker), the dispatcher, the reconciler and
+the liveness watch, in one nursery."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -15,6 +17,8 @@ from starlette.applications import Starlette
 from .app import create_app
 from .config import ServerConfig
 from .dispatch import Dispatcher
+from .liveness import watch_liveness
+from .reconcile import Reconciler
 from .store import AsyncStore, Store
 
 logger = logging.getLogger("taskscheduler.server")
@@ -56,14 +60,15 @@ async def serve(
 
     ``await nursery.start(serve, config)`` returns e.g. ``"http://127.0.0.1:54321"`` once the
     server accepts connections (useful with ``port=0``). On cancellation it stops accepting,
-    gives open requests ``graceful_timeout`` to finish, stops the dispatcher and closes the
-    database.
+    gives open requests ``graceful_timeout`` to finish, stops the background tasks (dispatch,
+    reconciliation, liveness) and closes the database.
     """
     config.database.parent.mkdir(parents=True, exist_ok=True)
     store = AsyncStore(await trio.to_thread.run_sync(Store, config.database))
     try:
         dispatcher = Dispatcher.from_config(store, config)
-        app = create_app(store, dispatcher=dispatcher, config=config)
+        reconciler = Reconciler.from_config(store, dispatcher, config)
+        app = create_app(store, dispatcher=dispatcher, reconciler=reconciler, config=config)
         shutdown = trio.Event()
         # Hypercorn runs shielded: a cancellation of serve() becomes its graceful shutdown
         # (stop accepting, finish open requests) instead of cutting requests off mid-answer,
@@ -75,6 +80,10 @@ async def serve(
                     _run_http, app, hypercorn_config(config), shutdown.wait, http_scope
                 )
                 await nursery.start(dispatcher.run)
+                await nursery.start(reconciler.run)
+                await nursery.start(
+                    functools.partial(watch_liveness, store, lost_after=config.lost_after)
+                )
                 base_url = binds[0]
                 logger.info("taskscheduler server listening on %s", base_url)
                 task_status.started(base_url)

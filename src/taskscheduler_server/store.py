@@ -26,6 +26,7 @@ import trio
 
 from taskscheduler_core import (
     Agent,
+    AgentStatus,
     Execution,
     ExecutionStatus,
     Run,
@@ -40,8 +41,15 @@ from .records import Assignment
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Bumped whenever the tables change shape; a newer database is refused rather than misread.
-SCHEMA_VERSION = 1
+#: Bumped whenever the tables change shape; a newer database is refused rather than misread,
+#: an older one is upgraded when it is opened (:data:`_UPGRADES`).
+SCHEMA_VERSION = 2
+
+#: The statements that take a database from version ``n`` to ``n + 1``, run in the transaction
+#: that opens it. Version 1 is the schema of the first release (issue 2).
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE agents ADD COLUMN status TEXT NOT NULL DEFAULT 'alive'",),
+}
 
 #: Rows per INSERT when many are written at once (well under SQLite's bound-variable limit).
 _BATCH = 500
@@ -119,6 +127,7 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
         url = peewee.TextField()
         registered_at = _TimeField()
         last_seen_at = _TimeField()
+        status = peewee.TextField(default=AgentStatus.ALIVE.value)
 
         class Meta:
             table_name = "agents"
@@ -199,13 +208,19 @@ class Store:
             raise
 
     def _create_schema(self) -> None:
-        version = self._db.pragma("user_version")
-        if version > SCHEMA_VERSION:
-            raise ServerError(
-                f"{self.path} has schema version {version}; this server knows up to "
-                f"{SCHEMA_VERSION}: upgrade the server"
-            )
+        """Create the tables of a new file, or upgrade an older one, in one transaction."""
         with self._db.atomic():
+            version = self._db.pragma("user_version")
+            if version > SCHEMA_VERSION:
+                raise ServerError(
+                    f"{self.path} has schema version {version}; this server knows up to "
+                    f"{SCHEMA_VERSION}: upgrade the server"
+                )
+            # Version 0 is a new file: create_tables makes the current schema at once.
+            if version:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _UPGRADES[step]:
+                        self._db.execute_sql(statement)  # type: ignore[no-untyped-call]
             self._db.create_tables(self._tables.all(), safe=True)
             self._db.pragma("user_version", SCHEMA_VERSION)
 
@@ -264,7 +279,7 @@ class Store:
 
     def upsert_agent(self, agent: Agent) -> Agent:
         """Register ``agent`` (its ``registered_at`` is when it was heard from); the agent as
-        stored, with the first ``registered_at`` and this one as ``last_seen_at``.
+        stored, ``alive``, with the first ``registered_at`` and this one as ``last_seen_at``.
 
         A new agent is assigned every existing task. Every registration, new or not, marks all
         the agent's assignments undelivered: an agent that registers again has probably
@@ -280,6 +295,7 @@ class Store:
                     url=agent.url,
                     registered_at=agent.registered_at,
                     last_seen_at=agent.registered_at,
+                    status=AgentStatus.ALIVE.value,
                 ).execute()
                 rows = [
                     {"task": task_id, "agent": agent.id, "assigned_at": agent.registered_at}
@@ -288,9 +304,11 @@ class Store:
                 for batch in _batches(rows):
                     t.assignment.insert_many(batch).execute()
             else:
-                t.agent.update(url=agent.url, last_seen_at=agent.registered_at).where(
-                    t.agent.id == agent.id
-                ).execute()
+                t.agent.update(
+                    url=agent.url,
+                    last_seen_at=agent.registered_at,
+                    status=AgentStatus.ALIVE.value,
+                ).where(t.agent.id == agent.id).execute()
                 t.assignment.update(delivered_at=None, revision=t.assignment.revision + 1).where(
                     t.assignment.agent == agent.id
                 ).execute()
@@ -300,11 +318,67 @@ class Store:
         row = self._tables.agent.get_or_none(self._tables.agent.id == agent_id)
         return None if row is None else _agent(row)
 
-    def list_agents(self) -> list[Agent]:
-        """Every known agent, in order of first registration."""
+    def list_agents(self, status: AgentStatus | None = None) -> list[Agent]:
+        """Every known agent (or those with ``status``), in order of first registration."""
         t = self._tables
         query = t.agent.select().order_by(t.agent.registered_at, t.agent.id)
+        if status is not None:
+            query = query.where(t.agent.status == status.value)
         return [_agent(row) for row in query]
+
+    # -- liveness ------------------------------------------------------------------------
+
+    def heartbeat(self, agent_id: UUID, seen_at: datetime) -> AgentStatus | None:
+        """Record that ``agent_id`` was heard from at ``seen_at``: it is ``alive``.
+
+        Returns its status before (``LOST`` means it just came back), or ``None`` for an agent
+        this server does not know, which is left unknown: it must register.
+        """
+        t = self._tables
+        with self._db.atomic():
+            row = t.agent.get_or_none(t.agent.id == agent_id)
+            if row is None:
+                return None
+            self._seen(agent_id, seen_at)
+            return AgentStatus(row.status)
+
+    def _seen(self, agent_id: UUID, seen_at: datetime) -> None:
+        # A late request carrying an earlier time (a slow report) never moves last_seen back.
+        t = self._tables
+        t.agent.update(status=AgentStatus.ALIVE.value).where(t.agent.id == agent_id).execute()
+        t.agent.update(last_seen_at=seen_at).where(
+            (t.agent.id == agent_id) & (t.agent.last_seen_at < seen_at)
+        ).execute()
+
+    def mark_lost(self, silent_since: datetime) -> list[Agent]:
+        """Mark ``lost`` every alive agent not heard from after ``silent_since``; returns them."""
+        t = self._tables
+        condition = (t.agent.status == AgentStatus.ALIVE.value) & (
+            t.agent.last_seen_at <= silent_since
+        )
+        with self._db.atomic():
+            lost = [_agent(row) for row in t.agent.select().where(condition)]
+            if lost:
+                t.agent.update(status=AgentStatus.LOST.value).where(
+                    t.agent.id.in_([agent.id for agent in lost])
+                ).execute()
+        return [attrs.evolve(agent, status=AgentStatus.LOST) for agent in lost]
+
+    def oldest_alive_contact(self) -> datetime | None:
+        """The earliest ``last_seen_at`` of the alive agents: the next one to become lost."""
+        t = self._tables
+        # peewee converts the aggregate of a time column with that column's field
+        oldest: datetime | None = (
+            t.agent.select(peewee.fn.MIN(t.agent.last_seen_at))
+            .where(t.agent.status == AgentStatus.ALIVE.value)
+            .scalar()
+        )
+        return oldest
+
+    def lost_agents(self) -> frozenset[UUID]:
+        t = self._tables
+        query = t.agent.select(t.agent.id).where(t.agent.status == AgentStatus.LOST.value)
+        return frozenset(row.id for row in query)
 
     # -- assignments ---------------------------------------------------------------------
 
@@ -319,11 +393,18 @@ class Store:
     def expected_agents(self, task_id: UUID, scheduled_at: datetime) -> frozenset[UUID]:
         """The agents that should report for the run of ``task_id`` at ``scheduled_at``.
 
-        Those assigned the task before that fire time: an agent added later is not waited for.
+        Those assigned the task before that fire time (an agent added later is not waited for)
+        and not ``lost`` now (a silent agent is not waited for either).
         """
         t = self._tables
-        query = t.assignment.select(t.assignment.agent).where(
-            (t.assignment.task == task_id) & (t.assignment.assigned_at < scheduled_at)
+        query = (
+            t.assignment.select(t.assignment.agent)
+            .join_from(t.assignment, t.agent)
+            .where(
+                (t.assignment.task == task_id)
+                & (t.assignment.assigned_at < scheduled_at)
+                & (t.agent.status != AgentStatus.LOST.value)
+            )
         )
         return frozenset(row.agent_id for row in query)
 
@@ -340,17 +421,48 @@ class Store:
             .where(condition)
             .order_by(t.assignment.assigned_at, t.assignment.task)
         )
-        return [
-            Assignment(
-                task=_task(row.task),
-                agent_id=row.agent.id,
-                agent_url=row.agent.url,
-                assigned_at=row.assigned_at,
-                delivered_at=None,
-                revision=row.revision,
-            )
-            for row in query
-        ]
+        return [_assignment(row) for row in query]
+
+    def assignments_of(self, agent_id: UUID) -> list[Assignment]:
+        """Every task assigned to ``agent_id``, delivered or not, oldest first."""
+        t = self._tables
+        query = (
+            t.assignment.select(t.assignment, t.task, t.agent)
+            .join_from(t.assignment, t.task)
+            .join_from(t.assignment, t.agent)
+            .where(t.assignment.agent == agent_id)
+            .order_by(t.assignment.assigned_at, t.assignment.task)
+        )
+        return [_assignment(row) for row in query]
+
+    def redeliver(
+        self, agent_id: UUID, task_ids: Iterable[UUID], *, delivered_before: datetime
+    ) -> list[UUID]:
+        """Mark undelivered the assignments of ``task_ids`` to ``agent_id`` that were delivered
+        before ``delivered_before``: the agent has lost them (or holds another version).
+
+        Undelivered ones are left alone (the dispatcher is on them already), and so are those
+        delivered since: the agent's listing may predate that delivery. Returns the ids of the
+        tasks marked.
+        """
+        t = self._tables
+        ids = list(task_ids)
+        marked: list[UUID] = []
+        with self._db.atomic():
+            for start in range(0, len(ids), _BATCH):
+                condition = (
+                    (t.assignment.agent == agent_id)
+                    & t.assignment.task.in_(ids[start : start + _BATCH])
+                    & (t.assignment.delivered_at < delivered_before)
+                )
+                batch = [
+                    row.task_id for row in t.assignment.select(t.assignment.task).where(condition)
+                ]
+                t.assignment.update(delivered_at=None, revision=t.assignment.revision + 1).where(
+                    condition
+                ).execute()
+                marked += batch
+        return marked
 
     def agents_awaiting_delivery(self) -> set[UUID]:
         """The agents that have at least one undelivered assignment."""
@@ -384,16 +496,20 @@ class Store:
 
     # -- executions ----------------------------------------------------------------------
 
-    def record_execution(self, execution: Execution) -> bool:
+    def record_execution(self, execution: Execution, *, seen_at: datetime | None = None) -> bool:
         """Store ``execution`` once; returns ``True`` if it is new, ``False`` for a repeat.
 
         Idempotent on ``(task_id, agent_id, scheduled_at)``: a repeated report changes nothing.
         Raises :class:`TaskNotFound` for an unknown task. When this returns, it is committed.
+        With ``seen_at`` (when the report arrived), the reporting agent, if known, counts as
+        heard from then, in the same transaction.
         """
         t = self._tables
         with self._db.atomic():
             if not t.task.select().where(t.task.id == execution.task_id).exists():
                 raise TaskNotFound(execution.task_id)
+            if seen_at is not None:
+                self._seen(execution.agent_id, seen_at)
             inserted = (
                 t.execution.insert(
                     task=execution.task_id,
@@ -486,7 +602,23 @@ def _task(row: Any) -> Task:
 
 def _agent(row: Any) -> Agent:
     return Agent(
-        id=row.id, url=row.url, registered_at=row.registered_at, last_seen_at=row.last_seen_at
+        id=row.id,
+        url=row.url,
+        registered_at=row.registered_at,
+        last_seen_at=row.last_seen_at,
+        status=AgentStatus(row.status),
+    )
+
+
+def _assignment(row: Any) -> Assignment:
+    """An assignment row read with its task and agent joined."""
+    return Assignment(
+        task=_task(row.task),
+        agent_id=row.agent.id,
+        agent_url=row.agent.url,
+        assigned_at=row.assigned_at,
+        delivered_at=row.delivered_at,
+        revision=row.revision,
     )
 
 

@@ -255,3 +255,23 @@ async def test_no_bytes_make_a_5xx(content: bytes) -> None:
     async with make_client()[0] as http:
         response = await http.post("/api/v1/tasks/schedule", content=content)
     assert response.status_code in (200, 400, 422), response.text
+
+
+async def test_delete_removes_a_task_and_is_idempotent(client: httpx.AsyncClient) -> None:
+    await client.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY)
+    first = await client.delete(f"/api/v1/tasks/{TASK_ID}")
+    assert (first.status_code, first.json()) == (200, {"task_id": TASK_ID, "removed": True})
+    assert (await client.get("/api/v1/tasks")).json()["tasks"] == []
+    again = await client.delete(f"/api/v1/tasks/{TASK_ID.upper()}")
+    assert (again.status_code, again.json()) == (200, {"task_id": TASK_ID, "removed": False})
+    unknown = str(uuid4())
+    response = await client.delete(f"/api/v1/tasks/{unknown}")
+    assert response.json() == {"task_id": unknown, "removed": False}
+
+
+@pytest.mark.parametrize("task_id", ["nope", "schedule", "322f0be6", "%00"])
+async def test_delete_of_a_task_id_that_is_not_a_uuid_is_422(
+    client: httpx.AsyncClient, task_id: str
+) -> None:
+    response = await client.delete(f"/api/v1/tasks/{task_id}")
+    assert_error(response, 422, "validation_error", "task_id")

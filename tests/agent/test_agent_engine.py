@@ -81,7 +81,7 @@ async def test_runs_each_slot_and_reports_what_it_printed(
     delivered = Delivered()
     engine = await start_engine(nursery, delivered, shell_env)
     task = spec('echo "hello world"; echo "$TSCHED_TASK_ID $TSCHED_AGENT_ID $TSCHED_SCHEDULED_AT"')
-    assert engine.add_task(task)
+    assert await engine.add_task(task)
 
     for k in range(1, 4):
         mock_clock.jump(1)
@@ -110,7 +110,7 @@ async def test_nothing_fires_before_its_time(
 ) -> None:
     delivered = Delivered()
     engine = await start_engine(nursery, delivered, shell_env)
-    engine.add_task(spec("echo hi", "every 10 seconds"))
+    await engine.add_task(spec("echo hi", "every 10 seconds"))
     mock_clock.jump(9.999999)
     await trio.testing.wait_all_tasks_blocked(cushion=0.05)
     assert delivered == []
@@ -130,7 +130,7 @@ async def test_a_slot_that_comes_while_the_last_run_is_still_going_is_skipped(
     engine = await start_engine(nursery, delivered, shell_env)
     gate = tmp_path / "go"
     task = spec(f"while [ ! -e {gate} ]; do sleep 0.01; done; echo done")
-    engine.add_task(task)
+    await engine.add_task(task)
 
     mock_clock.jump(1)  # slot 1 starts and waits for the gate
     await settle(lambda: engine.scheduler.running(task.task_id))
@@ -163,12 +163,12 @@ async def test_hours_of_schedule_in_moments(
     delivered = Delivered()
     engine = await start_engine(nursery, delivered, shell_env)
     task = spec("echo tick", "every 1 hours")
-    engine.add_task(task)
+    await engine.add_task(task)
     # The bound is in simulated time, which leaps a slot ahead whenever all tasks wait, also
     # while a command runs: a slow machine skips thousands of hourly slots per real second.
     with trio.fail_after(timedelta(days=3650).total_seconds()):
         await delivered.until(lambda: len(delivered.with_status(ExecutionStatus.SUCCEEDED)) >= 3)
-    engine.remove_task(task.task_id)
+    await engine.remove_task(task.task_id)
 
     # Every slot is acted on exactly once, from the first one on; runs never overlap (a slot
     # that comes while one runs is skipped), and each run printed its output.
@@ -189,10 +189,10 @@ async def test_a_new_task_wakes_the_sleeping_loop(
 ) -> None:
     delivered = Delivered()
     engine = await start_engine(nursery, delivered, shell_env)
-    engine.add_task(spec("echo slow", "every 1 hours"))
+    await engine.add_task(spec("echo slow", "every 1 hours"))
     await trio.testing.wait_all_tasks_blocked()  # the loop now sleeps for an hour
     fast = spec("echo fast", "every 2 seconds")
-    engine.add_task(fast)
+    await engine.add_task(fast)
     mock_clock.jump(2)
     await settle(lambda: len(delivered) == 1)
     assert (delivered[0].task_id, delivered[0].stdout) == (fast.task_id, "fast\n")
@@ -207,12 +207,12 @@ async def test_a_changed_task_replaces_the_old_one(
     delivered = Delivered()
     engine = await start_engine(nursery, delivered, shell_env)
     old = spec("echo old", "every 1 seconds")
-    engine.add_task(old)
+    await engine.add_task(old)
     new = TaskSpec(
         task_id=old.task_id, command="echo new", frequency=old.frequency, anchor=old.anchor
     )
-    assert engine.add_task(new)
-    assert not engine.add_task(new)
+    assert await engine.add_task(new)
+    assert not await engine.add_task(new)
     assert engine.tasks() == [new]
     mock_clock.jump(1)
     await settle(lambda: len(delivered) == 1)
@@ -229,21 +229,21 @@ async def test_schedule_without_an_anchor_is_anchored_once(
     request = ScheduleTask(
         task_id=task_id, command="echo hi", frequency=parse_frequency("every 5 seconds")
     )
-    first, changed = engine.schedule(request)
+    first, changed = await engine.schedule(request)
     assert changed
     assert first.anchor == START  # anchored at receipt
 
     mock_clock.jump(3)
-    assert engine.schedule(request) == (first, False)  # the same task again: same schedule
+    assert await engine.schedule(request) == (first, False)  # the same task again: same schedule
 
     every_6 = parse_frequency("every 6 seconds")
     other = ScheduleTask(task_id=task_id, command="echo hi", frequency=every_6)
-    moved, changed = engine.schedule(other)
+    moved, changed = await engine.schedule(other)
     assert changed
     assert moved.anchor == START + 3 * SECOND
 
     anchored = ScheduleTask.of(moved)
-    assert engine.schedule(anchored) == (moved, False)
+    assert await engine.schedule(anchored) == (moved, False)
     assert engine.tasks() == [moved]
 
 
@@ -253,7 +253,7 @@ async def test_fire_times_past_the_calendar_are_rejected(shell_env: dict[str, st
     )
     end_of_time = datetime(9999, 12, 31, 23, 0, tzinfo=UTC)
     with pytest.raises(TaskRejected) as raised:
-        engine.add_task(spec("echo hi", "every 2 hours", anchor=end_of_time))
+        await engine.add_task(spec("echo hi", "every 2 hours", anchor=end_of_time))
     assert raised.value.field == "anchor"
     assert engine.tasks() == []
 
@@ -269,7 +269,7 @@ async def test_cancelling_the_engine_kills_running_commands(
     engine = Engine(agent_id=AGENT_ID, deliver=delivered, env=shell_env)
     pids = tmp_path / "pids"
     soon = engine.clock.now() - timedelta(seconds=0.95)  # the first slot is 50 ms away
-    engine.add_task(spec(f"echo $$ >> {pids}; sleep 30", "every 1 seconds", anchor=soon))
+    await engine.add_task(spec(f"echo $$ >> {pids}; sleep 30", "every 1 seconds", anchor=soon))
     async with trio.open_nursery() as inner:
         inner.start_soon(engine.run)
         (shell,) = await read_pids(pids, 1)

@@ -49,7 +49,8 @@ def test_config_defaults(tmp_path: Path) -> None:
     assert (config.server_url, config.advertise_url) == (None, None)
     assert config.max_output_bytes == DEFAULT_MAX_OUTPUT_BYTES
     assert (config.report_backoff_initial, config.report_backoff_max) == (0.2, 30.0)
-    assert (config.register_backoff_max, config.kill_grace) == (10.0, 5.0)
+    assert (config.register_backoff_max, config.kill_grace) == (10.0, 10.0)
+    assert config.heartbeat_interval == 5.0
 
 
 def test_urls_lose_their_trailing_slash(tmp_path: Path) -> None:
@@ -72,6 +73,7 @@ def test_urls_lose_their_trailing_slash(tmp_path: Path) -> None:
         ("report_backoff_max", -1.0),
         ("register_backoff_max", float("nan")),
         ("kill_grace", -0.5),
+        ("heartbeat_interval", 0),
         ("request_timeout", 0),
     ],
 )

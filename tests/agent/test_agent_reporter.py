@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from processes import free_port
 from taskscheduler_agent import Backoff, MemoryOutbox, Reporter
 from taskscheduler_core import Execution, ExecutionReport, ExecutionStatus, structure, unstructure
 
@@ -40,13 +40,6 @@ def execution(task_id: UUID | None = None, k: int = 1, stdout: str = "hello worl
         stdout=stdout,
         stdout_dropped=7,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_retries_until_the_server_accepts(

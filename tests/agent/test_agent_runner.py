@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -147,3 +148,52 @@ async def test_tiny_caps(limit: int, shell_env: dict[str, str]) -> None:
     result = await run_command("printf abc", env=shell_env, max_output_bytes=limit)
     assert result.stdout == "abc"[3 - limit :]
     assert result.stdout_dropped == 3 - limit
+
+
+async def test_stop_kills_the_group_and_returns_what_was_printed(
+    tmp_path: Path,
+    shell_env: dict[str, str],
+    live_group_members: Callable[[int], list[int]],
+    wait_for: Callable[..., Awaitable[None]],
+) -> None:
+    stop = trio.Event()
+    started: list[int] = []
+
+    async def on_start(pid: int) -> None:
+        started.append(pid)
+
+    async def stop_soon() -> None:
+        await trio.sleep(0.3)
+        stop.set()
+
+    # the second sleep leaves the group (setsid) but keeps stdout open: the run still ends
+    escaped = tmp_path / "escaped"
+    command = f"echo before; sleep 30 & setsid sh -c 'echo $$ > {escaped}; exec sleep 30' & wait"
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_soon)
+                result = await run_command(command, env=shell_env, stop=stop, on_start=on_start)
+    finally:
+        if escaped.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(escaped.read_text()), signal.SIGKILL)
+    assert (result.stopped, result.status, result.exit_code) == (
+        True,
+        ExecutionStatus.FAILED,
+        -signal.SIGKILL,
+    )
+    assert result.stdout == "before\n"
+    (shell,) = started
+    await wait_for(lambda: not live_group_members(shell), timeout=5)
+
+
+async def test_a_run_that_ends_is_not_stopped(shell_env: dict[str, str]) -> None:
+    stop = trio.Event()
+    result = await run_command("echo hi", env=shell_env, stop=stop)
+    stop.set()
+    assert (result.stopped, result.status, result.stdout) == (
+        False,
+        ExecutionStatus.SUCCEEDED,
+        "hi\n",
+    )

@@ -9,7 +9,6 @@ Helpers are handed out as fixtures because test modules cannot import each other
 from __future__ import annotations
 
 import inspect
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from processes import free_port
 from taskscheduler_server import AsyncStore, Store, create_app
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -43,14 +43,6 @@ class FakeClock:
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
         return self.now
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the kernel's pick; closed again at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def start_http(
@@ -72,19 +64,27 @@ async def start_http(
 
 
 class FakeAgent:
-    """A tiny agent peer: records what it is told to schedule and says who it is.
+    """A tiny agent peer: keeps what it is told to schedule, lists it, removes it on ``DELETE``,
+    and says who it is.
 
-    It is a real HTTP server (served by :func:`start_http`), not a mock of one.
+    It is a real HTTP server (served by :func:`start_http`), not a mock of one. ``tasks`` is
+    what it holds now (a test may change it, as a wiped disk would); ``scheduled`` and
+    ``deleted`` are every request it got, in order.
     """
 
     def __init__(self, agent_id: UUID | None = None, *, refuse: int = 0) -> None:
         self.agent_id = agent_id or uuid4()
         self.scheduled: list[dict[str, Any]] = []
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+        self.listings = 0
         self.identity_requests = 0
         self.refuse = refuse  # answer this many schedule requests with 503 first
         self.app = Starlette(
             routes=[
                 Route("/api/v1/tasks/schedule", self._schedule, methods=["POST"]),
+                Route("/api/v1/tasks", self._list, methods=["GET"]),
+                Route("/api/v1/tasks/{task_id}", self._delete, methods=["DELETE"]),
                 Route("/api/v1/agent", self._identity, methods=["GET"]),
             ]
         )
@@ -97,8 +97,20 @@ class FakeAgent:
         if self.refuse > 0:
             self.refuse -= 1
             return JSONResponse({"error": {"code": "busy", "message": "later"}}, status_code=503)
-        self.scheduled.append(await request.json())
-        return JSONResponse({"scheduled": True})
+        body = await request.json()
+        self.scheduled.append(body)
+        self.tasks[body["task_id"]] = body
+        return JSONResponse({"task_id": body["task_id"], "changed": True})
+
+    async def _list(self, request: Request) -> Response:
+        self.listings += 1
+        return JSONResponse({"tasks": list(self.tasks.values())})
+
+    async def _delete(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        self.deleted.append(task_id)
+        removed = self.tasks.pop(task_id, None) is not None
+        return JSONResponse({"task_id": task_id, "removed": removed})
 
     async def _identity(self, request: Request) -> Response:
         self.identity_requests += 1

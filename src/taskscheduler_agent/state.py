@@ -1,0 +1,473 @@
+"""The agent's durable state: ``DATA_DIR/agent.sqlite3``, through peewee.
+
+Every line of peewee in the agent lives in this module. :class:`AgentState` is synchronous;
+trio reaches it only through :class:`AsyncAgentState`, which runs each call in a worker thread
+behind one ``CapacityLimiter(1)`` (SQLite has one writer, and the one connection must never be
+used by two threads at once).
+
+The tables (other programs, such as the fault tests, read them with ``sqlite3``):
+
+``schedules``
+    one row per task scheduled here: its spec (``task_id``, ``command``, ``frequency``,
+    ``anchor``), ``since`` (when this spec was scheduled) and ``last_slot`` (the newest fire
+    time acted on). A restart resumes each task after ``max(since, last_slot)``.
+``running``
+    executions started and not yet recorded, with the process group (``pgid``) and what
+    identifies its leader (``start_ticks``, ``boot_id``; see :mod:`.leftovers`). A row left
+    here by a crash is an interrupted execution.
+``outbox``
+    executions not yet acknowledged by the server (``body`` is the execution as JSON), in the
+    order they were recorded.
+``journal``
+    one row per execution this agent ran or recorded (skipped and missed ones too), kept when
+    the report is delivered: ``task_id``, ``agent_id``, ``scheduled_at``, ``status``,
+    ``exit_code``, ``started_at``, ``finished_at``; unique on ``(task_id, scheduled_at)``.
+    Rows older than :data:`JOURNAL_RETENTION` are pruned.
+
+Ids are canonical lowercase UUID strings and times RFC 3339 strings (:func:`format_time`), as on
+the wire; with their fixed width, ordering the strings orders the times.
+
+Durability: WAL with ``synchronous=FULL``, so every commit is fsynced before the call returns.
+An execution's journal row, its outbox row and the removal of its ``running`` row are one
+transaction (:meth:`AgentState.record`), and so are a poll's last slots and the ``running`` rows
+of what it starts (:meth:`AgentState.begin_slots`): whatever the moment of a crash, an execution
+is either running, or recorded, never both and never neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+import attrs
+import peewee
+import trio
+
+from taskscheduler_core import (
+    Execution,
+    ExecutionKey,
+    TaskSpec,
+    format_time,
+    parse_frequency,
+    parse_time,
+    structure,
+    unstructure,
+)
+
+from .errors import StateError
+from .leftovers import ProcessIdentity, identify
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: The state file, inside the data directory.
+STATE_FILE = "agent.sqlite3"
+
+#: Bumped whenever the tables change shape; a newer file is refused rather than misread.
+SCHEMA_VERSION = 1
+
+#: Journal rows whose execution finished longer ago than this (before the newest one recorded)
+#: are deleted; the journal is a record for checks and forensics, not an archive.
+JOURNAL_RETENTION = timedelta(days=7)
+
+#: The journal is pruned once every this many recorded executions.
+_PRUNE_EVERY = 1000
+
+_PRAGMAS = {
+    "journal_mode": "wal",
+    # FULL fsyncs the WAL at every commit. NORMAL would survive a SIGKILL of the agent but not
+    # an OS crash or a power cut, and "recorded" must mean "on disk": a schedule request is
+    # answered, and a slot is marked taken before its command starts, only once it is.
+    "synchronous": "full",
+    "busy_timeout": 5000,
+}
+
+
+class _UuidField(peewee.TextField):
+    """A UUID kept as its canonical lowercase string."""
+
+    def db_value(self, value: UUID | None) -> str | None:
+        return None if value is None else str(value)
+
+    def python_value(self, value: str | None) -> UUID | None:
+        return None if value is None else UUID(value)
+
+
+class _TimeField(peewee.TextField):
+    """A UTC datetime kept as its RFC 3339 wire form (fixed width, so it sorts as time does)."""
+
+    def db_value(self, value: datetime | None) -> str | None:
+        return None if value is None else format_time(value)
+
+    def python_value(self, value: str | None) -> datetime | None:
+        return None if value is None else parse_time(value)
+
+
+class _Model(peewee.Model):
+    pass
+
+
+@attrs.frozen
+class _Tables:
+    """The model classes of one open file, made per :class:`AgentState` (two agents in one
+    process, as ``tsched up`` runs them, must never share a binding)."""
+
+    schedule: Any
+    running: Any
+    outbox: Any
+    journal: Any
+
+    def all(self) -> list[Any]:
+        return [self.schedule, self.running, self.outbox, self.journal]
+
+
+def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
+    class ScheduleRow(_Model):
+        task_id = _UuidField(primary_key=True)
+        command = peewee.TextField()
+        frequency = peewee.TextField()
+        anchor = _TimeField()
+        since = _TimeField()
+        last_slot = _TimeField(null=True)
+
+        class Meta:
+            table_name = "schedules"
+
+    class RunningRow(_Model):
+        task_id = _UuidField()
+        scheduled_at = _TimeField()
+        started_at = _TimeField()
+        pgid = peewee.IntegerField(null=True)
+        start_ticks = peewee.BigIntegerField(null=True)
+        boot_id = peewee.TextField(null=True)
+
+        class Meta:
+            table_name = "running"
+            indexes = ((("task_id", "scheduled_at"), True),)
+
+    class OutboxRow(_Model):
+        task_id = _UuidField()
+        agent_id = _UuidField()
+        scheduled_at = _TimeField()
+        body = peewee.TextField()
+
+        class Meta:
+            table_name = "outbox"
+            indexes = ((("task_id", "agent_id", "scheduled_at"), True),)
+
+    class JournalRow(_Model):
+        task_id = _UuidField()
+        scheduled_at = _TimeField()
+        agent_id = _UuidField()
+        status = peewee.TextField()
+        exit_code = peewee.IntegerField(null=True)
+        started_at = _TimeField()
+        finished_at = _TimeField(index=True)
+
+        class Meta:
+            table_name = "journal"
+            indexes = ((("task_id", "scheduled_at"), True),)
+
+    tables = _Tables(ScheduleRow, RunningRow, OutboxRow, JournalRow)
+    database.bind(tables.all(), bind_refs=False, bind_backrefs=False)
+    return tables
+
+
+@attrs.frozen(kw_only=True)
+class SavedSchedule:
+    """A task as the state file keeps it: resume it after ``resume_after``."""
+
+    spec: TaskSpec
+    resume_after: datetime
+
+
+@attrs.frozen(kw_only=True)
+class RunningExecution:
+    """An execution started and not recorded; after a restart, one that was interrupted."""
+
+    task_id: UUID
+    scheduled_at: datetime
+    started_at: datetime
+    #: The command's process group, ``None`` if the agent stopped before it was saved.
+    process: ProcessIdentity | None
+
+
+class AgentState:
+    """The agent's SQLite file, opened (and created or checked) on construction.
+
+    Not thread-safe on its own: one caller at a time (:class:`AsyncAgentState` sees to it).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._db = peewee.SqliteDatabase(
+            str(self.path),
+            pragmas=_PRAGMAS,
+            # One connection, used by whichever worker thread runs the call.
+            thread_safe=False,
+            check_same_thread=False,
+            autoconnect=False,
+        )
+        self._tables = _make_tables(self._db)
+        self._recorded = 0
+        try:
+            self._db.connect()
+            self._create_schema()
+        except peewee.PeeweeException as error:  # not a database, unwritable, locked, …
+            self.close()
+            raise StateError(f"cannot open {self.path}: {error}", path=self.path) from error
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_schema(self) -> None:
+        with self._db.atomic():
+            version = self._db.pragma("user_version")
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.path} has schema version {version}; this agent knows up to "
+                    f"{SCHEMA_VERSION}: upgrade the agent",
+                    path=self.path,
+                )
+            self._db.create_tables(self._tables.all(), safe=True)
+            self._db.pragma("user_version", SCHEMA_VERSION)
+
+    def close(self) -> None:
+        if not self._db.is_closed():
+            self._db.close()
+
+    def __enter__(self) -> AgentState:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- schedules -----------------------------------------------------------------------
+
+    def save_schedule(self, spec: TaskSpec, *, since: datetime) -> None:
+        """Keep ``spec``, scheduled from ``since`` on (replacing an older spec of that task)."""
+        t = self._tables
+        row = {
+            "task_id": spec.task_id,
+            "command": spec.command,
+            "frequency": str(spec.frequency),
+            "anchor": spec.anchor,
+            "since": since,
+            "last_slot": None,
+        }
+        with self._db.atomic():
+            t.schedule.insert(**row).on_conflict(
+                conflict_target=[t.schedule.task_id],
+                preserve=[
+                    t.schedule.command,
+                    t.schedule.frequency,
+                    t.schedule.anchor,
+                    t.schedule.since,
+                    t.schedule.last_slot,
+                ],
+            ).execute()
+
+    def remove_schedule(self, task_id: UUID) -> bool:
+        """Forget the task; whether it was kept."""
+        t = self._tables
+        with self._db.atomic():
+            removed: int = t.schedule.delete().where(t.schedule.task_id == task_id).execute()
+        return removed > 0
+
+    def schedules(self) -> list[SavedSchedule]:
+        """Every task kept, by id."""
+        t = self._tables
+        saved = []
+        for row in t.schedule.select().order_by(t.schedule.task_id):
+            spec = TaskSpec(
+                task_id=row.task_id,
+                command=row.command,
+                frequency=parse_frequency(row.frequency),
+                anchor=row.anchor,
+            )
+            resume_after = row.since if row.last_slot is None else max(row.since, row.last_slot)
+            saved.append(SavedSchedule(spec=spec, resume_after=resume_after))
+        return saved
+
+    # -- slots and running executions ----------------------------------------------------
+
+    def begin_slots(
+        self,
+        last_slots: Mapping[UUID, datetime],
+        starting: Sequence[tuple[UUID, datetime]],
+        *,
+        started_at: datetime,
+    ) -> None:
+        """In one transaction: the newest slot acted on per task, and a ``running`` row for each
+        ``(task_id, scheduled_at)`` about to start."""
+        t = self._tables
+        with self._db.atomic():
+            for task_id, last_slot in last_slots.items():
+                t.schedule.update(last_slot=last_slot).where(
+                    t.schedule.task_id == task_id
+                ).execute()
+            for task_id, scheduled_at in starting:
+                t.running.insert(
+                    task_id=task_id, scheduled_at=scheduled_at, started_at=started_at
+                ).on_conflict_ignore().execute()
+
+    def process_started(self, task_id: UUID, scheduled_at: datetime, pid: int) -> None:
+        """Note the process group of a running execution: ``pid`` leads it (see
+        :mod:`.leftovers` for why more than the pid is kept)."""
+        process = identify(pid)
+        t = self._tables
+        with self._db.atomic():
+            t.running.update(
+                pgid=process.pid, start_ticks=process.start_ticks, boot_id=process.boot_id
+            ).where(
+                (t.running.task_id == task_id) & (t.running.scheduled_at == scheduled_at)
+            ).execute()
+
+    def running(self) -> list[RunningExecution]:
+        """Every execution started and not recorded, oldest first."""
+        t = self._tables
+        query = t.running.select().order_by(t.running.scheduled_at, t.running.task_id)
+        return [
+            RunningExecution(
+                task_id=row.task_id,
+                scheduled_at=row.scheduled_at,
+                started_at=row.started_at,
+                process=None
+                if row.pgid is None
+                else ProcessIdentity(
+                    pid=row.pgid, start_ticks=row.start_ticks, boot_id=row.boot_id
+                ),
+            )
+            for row in query
+        ]
+
+    # -- recorded executions: journal and outbox -----------------------------------------
+
+    def record(self, execution: Execution) -> None:
+        """In one transaction: journal ``execution``, queue its report, end its ``running``
+        row. Recording the same execution again replaces it (in place, in the outbox)."""
+        t = self._tables
+        body = json.dumps(unstructure(execution), ensure_ascii=False)
+        with self._db.atomic():
+            t.journal.insert(
+                task_id=execution.task_id,
+                scheduled_at=execution.scheduled_at,
+                agent_id=execution.agent_id,
+                status=execution.status.value,
+                exit_code=execution.exit_code,
+                started_at=execution.started_at,
+                finished_at=execution.finished_at,
+            ).on_conflict(
+                conflict_target=[t.journal.task_id, t.journal.scheduled_at],
+                preserve=[
+                    t.journal.agent_id,
+                    t.journal.status,
+                    t.journal.exit_code,
+                    t.journal.started_at,
+                    t.journal.finished_at,
+                ],
+            ).execute()
+            t.outbox.insert(
+                task_id=execution.task_id,
+                agent_id=execution.agent_id,
+                scheduled_at=execution.scheduled_at,
+                body=body,
+            ).on_conflict(
+                conflict_target=[t.outbox.task_id, t.outbox.agent_id, t.outbox.scheduled_at],
+                preserve=[t.outbox.body],
+            ).execute()
+            t.running.delete().where(
+                (t.running.task_id == execution.task_id)
+                & (t.running.scheduled_at == execution.scheduled_at)
+            ).execute()
+            self._recorded += 1
+            if self._recorded % _PRUNE_EVERY == 0:
+                oldest = execution.finished_at - JOURNAL_RETENTION
+                t.journal.delete().where(t.journal.finished_at < oldest).execute()
+
+    def pending(self) -> list[Execution]:
+        """The executions in the outbox, oldest first."""
+        t = self._tables
+        query = t.outbox.select(t.outbox.body).order_by(t.outbox.id)
+        return [structure(json.loads(body), Execution) for (body,) in query.tuples()]
+
+    def acknowledge(self, key: ExecutionKey) -> None:
+        """Drop the execution with ``key`` from the outbox (the journal keeps it)."""
+        t = self._tables
+        with self._db.atomic():
+            t.outbox.delete().where(
+                (t.outbox.task_id == key.task_id)
+                & (t.outbox.agent_id == key.agent_id)
+                & (t.outbox.scheduled_at == key.scheduled_at)
+            ).execute()
+
+
+class AsyncAgentState:
+    """The one door from trio to an :class:`AgentState`: a worker thread per call, one at a
+    time. A call is not abandoned on cancellation: a write that started is committed before the
+    caller sees ``Cancelled``."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: Path) -> AsyncAgentState:
+        """Open (creating if need be) the state file at ``path``."""
+        return cls(await trio.to_thread.run_sync(AgentState, path))
+
+    async def aclose(self) -> None:
+        await self._call(self.state.close)
+
+    async def _call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await trio.to_thread.run_sync(
+                functools.partial(method, *args, **kwargs), limiter=self._limiter
+            )
+        except peewee.PeeweeException as error:
+            path = self.state.path
+            raise StateError(f"cannot use {path}: {error}", path=path) from error
+
+    async def save_schedule(self, spec: TaskSpec, *, since: datetime) -> None:
+        await self._call(self.state.save_schedule, spec, since=since)
+
+    async def remove_schedule(self, task_id: UUID) -> bool:
+        return await self._call(self.state.remove_schedule, task_id)
+
+    async def schedules(self) -> list[SavedSchedule]:
+        return await self._call(self.state.schedules)
+
+    async def begin_slots(
+        self,
+        last_slots: Mapping[UUID, datetime],
+        starting: Sequence[tuple[UUID, datetime]],
+        *,
+        started_at: datetime,
+    ) -> None:
+        await self._call(self.state.begin_slots, last_slots, starting, started_at=started_at)
+
+    async def process_started(self, task_id: UUID, scheduled_at: datetime, pid: int) -> None:
+        await self._call(self.state.process_started, task_id, scheduled_at, pid)
+
+    async def running(self) -> list[RunningExecution]:
+        return await self._call(self.state.running)
+
+    async def record(self, execution: Execution) -> None:
+        await self._call(self.state.record, execution)
+
+    async def pending(self) -> list[Execution]:
+        return await self._call(self.state.pending)
+
+    async def acknowledge(self, key: ExecutionKey) -> None:
+        await self._call(self.state.acknowledge, key)
