@@ -60,3 +60,9 @@ def test_dockerfile_installs_the_package_and_runs_tsched() -> None:
     assert 'ENTRYPOINT ["tsched"]' in dockerfile
     for service in SERVICES.values():
         assert service["build"] == "."
+
+
+def test_agents_get_longer_to_stop_than_their_kill_grace() -> None:
+    for name, service in SERVICES.items():
+        if service["command"][0] == "agent":
+            assert service["stop_grace_period"] == "20s", name  # --kill-grace is 10 s

@@ -10,6 +10,10 @@
   is ``removed: false``; an id that is not a UUID is 422 ``validation_error``.
 - ``GET /api/v1/agent`` — :class:`~taskscheduler_core.AgentIdentity`.
 - ``GET /healthz`` — ``{"status": "ok"}`` while the agent serves.
+- ``GET /api/v1/openapi.json`` — the OpenAPI 3.1 document of this API (public).
+
+With a join token (or once it holds credentials) the first three answer only the server:
+``Authorization: Bearer <the server's token>``, else 401 ``unauthorized`` (docs/security.md).
 
 Every refusal is ``{"error": {"code", "message", "field"}}`` with a 4xx status and the codes
 of the server's API (docs/api.md): ``invalid_json`` and ``client_disconnected`` (400),
@@ -31,9 +35,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from taskscheduler_core import (
+    AUTHENTICATE_HEADERS,
     AgentIdentity,
     BodyReader,
     ScheduleTask,
+    agent_openapi,
     client_disconnected,
     http_error,
     unstructure,
@@ -41,6 +47,7 @@ from taskscheduler_core import (
 from taskscheduler_core import ApiError as CoreApiError
 from taskscheduler_core import __version__ as core_version
 
+from .credentials import AgentKeys
 from .engine import Engine
 from .errors import ApiError, TaskRejected
 
@@ -52,10 +59,25 @@ MAX_BODY_BYTES = 1024 * 1024
 T = TypeVar("T")
 
 
-def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -> Starlette:
-    """The agent's ASGI app, scheduling into ``engine``."""
+def create_app(
+    *,
+    engine: Engine,
+    agent_id: UUID,
+    version: str = core_version,
+    keys: AgentKeys | None = None,
+) -> Starlette:
+    """The agent's ASGI app, scheduling into ``engine``.
+
+    With ``keys`` that hold (or expect) credentials, the scheduling endpoints accept only the
+    server's token (401 ``unauthorized`` otherwise); the identity and health stay public.
+    """
+
+    def from_server(request: Request) -> None:
+        if keys is not None:
+            keys.check_server(request.headers)
 
     async def schedule(request: Request) -> Response:
+        from_server(request)
         body = await _read_body(request, ScheduleTask)
         try:
             spec, changed = await engine.schedule(body)
@@ -64,9 +86,11 @@ def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -
         return JSONResponse({"task_id": str(spec.task_id), "changed": changed})
 
     async def list_tasks(request: Request) -> Response:
+        from_server(request)
         return JSONResponse({"tasks": unstructure(engine.tasks())})
 
     async def remove_task(request: Request) -> Response:
+        from_server(request)
         text = request.path_params["task_id"]
         try:
             task_id = UUID(text)
@@ -83,6 +107,9 @@ def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(agent_openapi())
+
     return Starlette(
         routes=[
             Route("/api/v1/tasks/schedule", schedule, methods=["POST"]),
@@ -90,6 +117,7 @@ def create_app(*, engine: Engine, agent_id: UUID, version: str = core_version) -
             Route("/api/v1/tasks/{task_id}", remove_task, methods=["DELETE"]),
             Route("/api/v1/agent", identity, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={
             CoreApiError: _api_error,
@@ -112,7 +140,8 @@ async def _read_body(request: Request, kind: type[T]) -> T:
 
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, CoreApiError)
-    return JSONResponse(error.body(), status_code=error.status)
+    headers = AUTHENTICATE_HEADERS if error.status == 401 else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

@@ -1,12 +1,12 @@
-"""Wall-clock time for the agent, read only through trio.
+"""Wall-clock time for the agent, read through trio.
 
-Fire times are wall-clock (UTC) instants, but the agent never asks the operating system for the
-time of day while it runs: it maps ``trio.current_time()`` onto UTC with an offset taken once, at
-start. That makes trio's clock the single source of time, so ``trio.testing.MockClock`` drives
+Fire times are wall-clock (UTC) instants. The agent maps ``trio.current_time()`` onto UTC with an
+offset taken at start, so trio's clock is the source of time: ``trio.testing.MockClock`` drives
 the whole agent (tests run hours of schedule in milliseconds), and a sleep computed from a
-deadline always ends when ``now()`` has reached that deadline. The price is that a step of the
-system clock after start (an operator's ``date -s``) is not followed; NTP's gradual slewing
-applies to trio's monotonic clock as well, so ordinary drift correction still is.
+deadline ends when ``now()`` has reached that deadline. At each wake-up the engine also compares
+it with the system's time of day (:meth:`WallClock.resync`) and takes the offset again when they
+disagree by more than a second: a suspended host (trio's monotonic clock stopped meanwhile) or a
+step of the system clock. A clock pinned with ``start=`` (tests) never resyncs.
 """
 
 from __future__ import annotations
@@ -30,9 +30,28 @@ class WallClock:
 
     def __init__(self, *, start: datetime | None = None) -> None:
         self._trio_origin = trio.current_time()
+        #: Whether "now" follows the system's time of day (a pinned start does not).
+        self.follows_system = start is None
         if start is None:
             start = datetime.fromtimestamp(time.time(), UTC)
         self._origin = require_utc(start, "start")
+
+    def resync(self, *, tolerance: timedelta = _SECOND) -> bool:
+        """Take the offset again if the time of day has moved away from :meth:`now`.
+
+        trio's clock is monotonic and stops while the host is suspended (a laptop lid, a paused
+        VM): after a pause of Δ, "now" would stay Δ behind and every slot would run Δ late.
+        The engine calls this at each wake-up; it returns whether the offset changed. Drift
+        below ``tolerance`` is left alone, so ordinary slewing never moves a fire time.
+        """
+        if not self.follows_system:
+            return False
+        system = datetime.fromtimestamp(time.time(), UTC)
+        if abs(system - self.now()) <= tolerance:
+            return False
+        self._trio_origin = trio.current_time()
+        self._origin = system
+        return True
 
     def now(self) -> datetime:
         """The current UTC time, to the microsecond."""

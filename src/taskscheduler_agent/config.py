@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import attrs
@@ -9,6 +10,7 @@ import attrs
 from taskscheduler_core import DEFAULT_MAX_OUTPUT_BYTES
 
 from .errors import AgentConfigError
+from .tls import check_ca, check_pair, client_ssl_context
 
 
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -40,6 +42,10 @@ def _url(instance: object, attribute: attrs.Attribute[str | None], value: str | 
         raise AgentConfigError(
             f"must be an http:// or https:// URL, got {value!r}", field=attribute.name, value=value
         )
+
+
+def _optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None or value == "" else Path(value)
 
 
 def _base_url(value: str | None) -> str | None:
@@ -80,3 +86,26 @@ class AgentConfig:
     heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
     #: How long one HTTP request to the server may take before it counts as failed.
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: The server's join token: presented at the first registration, in exchange for this
+    #: agent's own credentials (docs/security.md). With it, the scheduling endpoints accept
+    #: the server alone. Never shown in a repr, so never logged.
+    join_token: str | None = attrs.field(default=None, repr=False)
+    #: Serve on a non-loopback host without a join token all the same.
+    insecure: bool = False
+    #: With both, the agent serves HTTPS with this certificate (PEM, chain included) and key.
+    tls_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: The CA the agent verifies the server's HTTPS certificate with (default: the system's).
+    ca_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: Mutual TLS: the client certificate and key the agent presents to the server.
+    tls_client_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_client_key: Path | None = attrs.field(default=None, converter=_optional_path)
+
+    def __attrs_post_init__(self) -> None:
+        check_pair(self.tls_cert, self.tls_key, what="tls_cert/tls_key")
+        check_pair(self.tls_client_cert, self.tls_client_key, what="tls_client_cert/tls_client_key")
+        check_ca(self.ca_cert)
+
+    def server_verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify=`` for calls to the server: its CA, and our client certificate."""
+        return client_ssl_context(self.ca_cert, self.tls_client_cert, self.tls_client_key)

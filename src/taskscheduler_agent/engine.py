@@ -49,6 +49,9 @@ from .runner import CommandResult, run_command
 
 logger = logging.getLogger(__name__)
 
+#: The longest the loop sleeps before it looks at the time of day again (seconds).
+MAX_SLEEP = 1.0
+
 #: What the engine hands every finished execution to.
 Deliver = Callable[[Execution], Awaitable[None]]
 
@@ -250,18 +253,37 @@ class Engine:
             if deadline is None:
                 await self._wake.wait()
                 continue
-            with trio.move_on_at(self.clock.deadline(deadline)) as sleep:
+            wake_at = self.clock.deadline(deadline)
+            # Never sleep long in one go: a host suspended meanwhile stops trio's monotonic
+            # clock, and waking regularly lets the clock catch up with the time of day.
+            with trio.move_on_at(min(wake_at, trio.current_time() + MAX_SLEEP)) as sleep:
                 await self._wake.wait()
             if self._stopping:
                 return
+            if self.clock.resync():
+                continue  # the deadline moved in trio time: compute it again
             now = self.clock.now()
-            if sleep.cancelled_caught:
+            if sleep.cancelled_caught and trio.current_time() >= wake_at:
                 # We slept until the deadline, so it has come; this makes sure a float
                 # rounding can never leave it "not yet due" and spin this loop.
                 now = max(now, deadline)
             await self._act(nursery, self.scheduler.poll(now), now)
 
     async def _act(self, nursery: trio.Nursery, actions: Sequence[Action], now: datetime) -> None:
+        # Under the same lock as add/remove: a task removed while this awaits its writes (a
+        # reconcile's DELETE) must not have a command started after its removal.
+        async with self._changing:
+            await self._act_on_current(nursery, actions, now)
+
+    async def _act_on_current(
+        self, nursery: trio.Nursery, actions: Sequence[Action], now: datetime
+    ) -> None:
+        current = self.scheduler.tasks
+        for action in actions:
+            if action.task.task_id not in current and isinstance(action, StartExecution):
+                # polled before its removal: release the slot the scheduler marked running
+                self.scheduler.record_finished(action.task.task_id, action.scheduled_at)
+        actions = [action for action in actions if action.task.task_id in current]
         if not actions:
             return
         # Skips are recorded first: if the agent dies before the slots are marked taken, the

@@ -8,6 +8,7 @@
         ├── IdentityError (also ValueError)     ``data_dir/agent_id`` exists but is not a UUID
         ├── TaskRejected (also ValueError)      a task the agent cannot schedule
         ├── StateError                          ``data_dir/agent.sqlite3`` cannot be used
+        ├── TlsConfigError (also ValueError)    a TLS file missing or unusable (in ``tls``)
         └── ApiError (also core ApiError)       a request the API refuses; a 4xx JSON error
 
 Each leaf also subclasses the builtin it resembles and carries the offending value. The API

@@ -29,7 +29,7 @@ def load_or_create_agent_id(data_dir: Path) -> UUID:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             return _create(path)
         except OSError as error:
             raise IdentityError(

@@ -14,6 +14,7 @@ import trio
 from taskscheduler_core import RegisterAgent, unstructure
 
 from .backoff import Backoff
+from .credentials import AgentKeys
 
 logger = logging.getLogger(__name__)
 
@@ -25,24 +26,37 @@ async def register(
     registration: RegisterAgent,
     backoff: Backoff,
     request_timeout: float = 10.0,
+    keys: AgentKeys | None = None,
 ) -> None:
     """``POST {server_url}/api/v1/agents/register`` until the server answers 2xx.
 
     Every answer but a 2xx is retried, a 4xx too: a server that is being upgraded, or not yet
     configured, will accept us later, and until it does the agent cannot be given any task.
+
+    With ``keys`` the agent registers with its own credential, or the join token when it has
+    none (or when the server no longer knows its credential: its database was replaced), and
+    keeps the credentials the server issues; ``client`` then presents the agent's token on
+    every later request.
     """
     url = f"{server_url.rstrip('/')}/api/v1/agents/register"
     body = unstructure(registration)
     failures = 0
+    use_join_token = False
     while True:
+        token = None if keys is None else keys.registration_token(use_join_token=use_join_token)
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         try:
-            response = await client.post(url, json=body, timeout=request_timeout)
+            response = await client.post(url, json=body, headers=headers, timeout=request_timeout)
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as error:
             reason = f"{type(error).__name__}: {error}"
         else:
             if response.is_success:
+                if keys is not None:
+                    await _keep_credentials(client, keys, response)
                 logger.info("registered with %s as %s", server_url, registration.url)
                 return
+            if response.status_code == 401 and keys is not None and keys.join_token is not None:
+                use_join_token = not use_join_token
             reason = f"HTTP {response.status_code}: {response.text[:200]}"
         failures += 1
         delay = backoff.delay(failures)
@@ -70,6 +84,10 @@ async def heartbeat(
         return Heartbeat.FAILED
     if response.is_success:
         return Heartbeat.ALIVE
+    if response.status_code == 401:
+        # The server does not know our credential (its database was replaced): registering
+        # again with the join token makes us known again.
+        return Heartbeat.UNKNOWN
     if response.status_code == 404 and _error_code(response) == "agent_not_found":
         # The server's database was replaced, or it never had us. Any other 404 is a server
         # without the endpoint (an older release), where registering again would change
@@ -87,6 +105,7 @@ async def stay_registered(
     backoff: Backoff,
     heartbeat_interval: float,
     request_timeout: float = 10.0,
+    keys: AgentKeys | None = None,
 ) -> NoReturn:
     """Register, then heartbeat every ``heartbeat_interval`` seconds, forever; register again
     whenever the server answers a heartbeat with 404 (it does not know this agent)."""
@@ -96,6 +115,7 @@ async def stay_registered(
         registration=registration,
         backoff=backoff,
         request_timeout=request_timeout,
+        keys=keys,
     )
     failing = False
     while True:
@@ -122,7 +142,24 @@ async def stay_registered(
                 registration=registration,
                 backoff=backoff,
                 request_timeout=request_timeout,
+                keys=keys,
             )
+
+
+async def _keep_credentials(
+    client: httpx.AsyncClient, keys: AgentKeys, response: httpx.Response
+) -> None:
+    try:
+        issued = response.json().get("credentials")
+    except (ValueError, AttributeError):
+        issued = None
+    if isinstance(issued, dict):
+        agent_token, server_token = issued.get("agent_token"), issued.get("server_token")
+        if isinstance(agent_token, str) and isinstance(server_token, str):
+            await trio.to_thread.run_sync(keys.save, agent_token, server_token)
+            logger.info("received this agent's credentials; kept in %s", keys.path)
+    if keys.agent_token is not None:
+        client.headers["Authorization"] = f"Bearer {keys.agent_token}"
 
 
 def _error_code(response: httpx.Response) -> str | None:

@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
-#: Client errors that are worth retrying: the server asks us to come back later.
-_RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
+#: Client errors that are worth retrying: the server asks us to come back later (408, 429), or
+#: does not know our credential yet (401: the registration that brings it is under way).
+_RETRYABLE_CLIENT_ERRORS = frozenset({401, 408, 429})
 
 
 @attrs.define
@@ -163,7 +164,7 @@ class Reporter:
             self._retries.pop(key, None)
             await self.outbox.acknowledge(key)
             logger.debug("reported task %s at %s", execution.task_id, execution.scheduled_at)
-        elif 400 <= status < 500 and status not in _RETRYABLE_CLIENT_ERRORS:
+        elif _refused_for_good(response):
             self._server_answered()
             self._retries.pop(key, None)
             await self.outbox.acknowledge(key)
@@ -220,3 +221,29 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     except ValueError:
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+#: Error codes of our server that say this report can never be stored (the task is gone, or
+#: the report is malformed or not this agent's to make): retrying cannot help, so it is dropped.
+_PERMANENT_CODES = frozenset(
+    {
+        "task_not_found",
+        "validation_error",
+        "invalid_body",
+        "invalid_json",
+        "invalid_string",
+        "forbidden",
+    }
+)
+
+
+def _refused_for_good(response: httpx.Response) -> bool:
+    """Whether a refusal is permanent; anything else (a 413, a proxy's 404, an HTML page) is
+    retried, since dropping a report loses an execution for good."""
+    if not 400 <= response.status_code < 500 or response.status_code in _RETRYABLE_CLIENT_ERRORS:
+        return False
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return code in _PERMANENT_CODES

@@ -28,6 +28,7 @@ from taskscheduler_core import RegisterAgent
 from .app import create_app
 from .backoff import Backoff
 from .config import AgentConfig
+from .credentials import AgentKeys, check_exposure
 from .engine import Engine
 from .identity import load_or_create_agent_id
 from .outbox import SqliteOutbox
@@ -64,11 +65,19 @@ async def run_agent(
     With ``config.server_url`` the agent registers there (retrying until it is accepted, on every
     start), heartbeats every ``config.heartbeat_interval`` and reports every execution there.
     """
+    check_exposure(config.host, join_token=config.join_token, insecure=config.insecure)
     agent_id = await trio.to_thread.run_sync(load_or_create_agent_id, config.data_dir)
+    keys = AgentKeys(config.data_dir, join_token=config.join_token)
+    await trio.to_thread.run_sync(keys.load)
     state = await AsyncAgentState.open(config.data_dir / STATE_FILE)
     try:
-        async with httpx.AsyncClient(timeout=config.request_timeout) as client:
-            await _run(config, agent_id, state, client, shutdown, task_status)
+        async with httpx.AsyncClient(
+            timeout=config.request_timeout, verify=config.server_verify()
+        ) as client:
+            if keys.agent_token is not None:
+                # Heartbeats and reports present the agent's own credential.
+                client.headers["Authorization"] = f"Bearer {keys.agent_token}"
+            await _run(config, agent_id, state, client, keys, shutdown, task_status)
     finally:
         with trio.CancelScope(shield=True):
             await state.aclose()
@@ -79,6 +88,7 @@ async def _run(
     agent_id: UUID,
     state: AsyncAgentState,
     client: httpx.AsyncClient,
+    keys: AgentKeys,
     shutdown: trio.Event | None,
     task_status: trio.TaskStatus[AgentStarted],
 ) -> None:
@@ -100,7 +110,7 @@ async def _run(
     await recover_interrupted(state, reporter.submit, agent_id=agent_id, now=engine.clock.now())
     for saved in await state.schedules():
         engine.restore(saved.spec, after=saved.resume_after)
-    app = create_app(engine=engine, agent_id=agent_id)
+    app = create_app(engine=engine, agent_id=agent_id, keys=keys)
     async with trio.open_nursery() as nursery:
         await nursery.start(reporter.run)
         await nursery.start(engine.run)
@@ -128,6 +138,7 @@ async def _run(
                     ),
                     heartbeat_interval=config.heartbeat_interval,
                     request_timeout=config.request_timeout,
+                    keys=keys,
                 )
             )
         logger.info(
@@ -148,4 +159,8 @@ def _hypercorn_config(config: AgentConfig) -> HypercornConfig:
     hypercorn_config.bind = [f"{host}:{config.port}"]
     # Executions are reported elsewhere; per-request access logs would only be noise.
     hypercorn_config.accesslog = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        # HTTPS: the bound URL (and so the URL registered with the server) is https://…
+        hypercorn_config.certfile = str(config.tls_cert)
+        hypercorn_config.keyfile = str(config.tls_key)
     return hypercorn_config

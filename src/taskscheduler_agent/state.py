@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -198,6 +199,16 @@ class RunningExecution:
     process: ProcessIdentity | None
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only, if it does not exist yet.
+
+    It holds commands and what they printed. SQLite gives its -wal and -shm files the
+    permissions of the database file, so they are private too; an existing file is left as is.
+    """
+    if str(path) != ":memory:":
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
 class AgentState:
     """The agent's SQLite file, opened (and created or checked) on construction.
 
@@ -206,6 +217,7 @@ class AgentState:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        _create_private(self.path)
         self._db = peewee.SqliteDatabase(
             str(self.path),
             pragmas=_PRAGMAS,
@@ -392,7 +404,9 @@ class AgentState:
                 & (t.running.scheduled_at == execution.scheduled_at)
             ).execute()
             self._recorded += 1
-            if self._recorded % _PRUNE_EVERY == 0:
+            # The first record after each start prunes too: an agent restarted more often than
+            # every _PRUNE_EVERY executions must still keep its journal to the retention.
+            if self._recorded % _PRUNE_EVERY == 1:
                 oldest = execution.finished_at - JOURNAL_RETENTION
                 t.journal.delete().where(t.journal.finished_at < oldest).execute()
 

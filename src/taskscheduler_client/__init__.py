@@ -12,14 +12,18 @@ from ._base import DEFAULT_TIMEOUT, DEFAULT_URL
 from .client import AsyncClient, Client
 from .errors import (
     ApiError,
+    CertificateVerifyFailed,
     ClientError,
     ConnectionFailed,
+    Forbidden,
     InvalidRequest,
     OutputTimeout,
     RequestTimeout,
     ServerError,
     TaskNotFound,
+    TlsConfigError,
     TransportError,
+    Unauthorized,
     UnexpectedResponse,
 )
 
@@ -28,14 +32,18 @@ __all__ = [
     "DEFAULT_URL",
     "ApiError",
     "AsyncClient",
+    "CertificateVerifyFailed",
     "Client",
     "ClientError",
     "ConnectionFailed",
+    "Forbidden",
     "InvalidRequest",
     "OutputTimeout",
     "RequestTimeout",
     "ServerError",
     "TaskNotFound",
+    "TlsConfigError",
     "TransportError",
+    "Unauthorized",
     "UnexpectedResponse",
 ]

@@ -30,10 +30,12 @@ from taskscheduler_core import (
 
 from .errors import (
     ApiError,
+    Forbidden,
     InvalidRequest,
     OutputTimeout,
     ServerError,
     TaskNotFound,
+    Unauthorized,
     UnexpectedResponse,
 )
 
@@ -63,14 +65,23 @@ class Call(Generic[T]):
 class ClientBase:
     """The configuration both twins hold: where the server is and how long to wait for it."""
 
-    def __init__(self, url: str, timeout: float | httpx.Timeout) -> None:
+    def __init__(
+        self, url: str, timeout: float | httpx.Timeout, *, token: str | None = None
+    ) -> None:
         # a trailing slash would make every path join to "//api/…"
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._token = token  # sent as "Authorization: Bearer"; never in a repr
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Accept": "application/json", "User-Agent": f"taskscheduler-client/{__version__}"}
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": f"taskscheduler-client/{__version__}",
+        }
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -160,6 +171,10 @@ def raise_for_status(response: httpx.Response) -> None:
     kind: type[ApiError]
     if status in _INVALID_STATUSES:
         kind = InvalidRequest
+    elif status == 401:
+        kind = Unauthorized
+    elif status == 403:
+        kind = Forbidden
     elif status == 404:
         kind = TaskNotFound
     elif status >= 500:

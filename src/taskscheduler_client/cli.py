@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -25,6 +25,7 @@ import trio
 
 from taskscheduler_core import (
     DEFAULT_MAX_OUTPUT_BYTES,
+    MAX_COMMAND_LENGTH,
     LatestOutput,
     TaskCreated,
     __version__,
@@ -34,7 +35,7 @@ from taskscheduler_core import (
 
 from ._base import DEFAULT_TIMEOUT, DEFAULT_URL
 from .client import Client
-from .errors import ClientError, ConnectionFailed
+from .errors import CertificateVerifyFailed, ClientError, ConnectionFailed
 from .services import (
     SERVER_DATABASE_NAME,
     failure_message,
@@ -44,6 +45,8 @@ from .services import (
     start_server,
 )
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_SERVER_PORT = 8080
 DEFAULT_AGENT_PORT = 8081
@@ -51,6 +54,8 @@ DEFAULT_AGENTS = 2
 #: The server's liveness and reconciliation periods, in seconds (``ServerConfig``'s defaults).
 DEFAULT_LOST_AFTER = 15.0
 DEFAULT_RECONCILE_INTERVAL = 30.0
+#: The server's limits (``ServerConfig``'s defaults; docs/security.md).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_KILL_GRACE = 10.0
 
@@ -108,6 +113,8 @@ class _Group(click.Group):
 def _reported_client_errors() -> Iterator[None]:
     try:
         yield
+    except CertificateVerifyFailed as error:
+        raise CliError(str(error)) from None
     except ConnectionFailed as error:
         raise CliError(f"{error} ({_SERVER_HINT})") from None
     except ClientError as error:
@@ -158,6 +165,105 @@ _DATA_DIR_HELP = "State directory [default: $XDG_DATA_HOME/taskscheduler]"
 _PORT = click.IntRange(0, 65535)
 
 
+# --- TLS options: kept in ctx.meta, per command, rather than in every signature ---------------
+
+_TLS_META = "taskscheduler.tls"
+
+
+def _tls_option(name: str, envvar: str, setting: str, help: str) -> Callable[[_F], _F]:
+    """A PATH option whose value becomes ``setting=`` of the command's config (or client)."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+        if value is not None:
+            ctx.meta.setdefault(f"{_TLS_META}.{ctx.command.name}", {})[setting] = value
+
+    return click.option(
+        name,
+        envvar=envvar,
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="PATH",
+        expose_value=False,
+        callback=remember,
+        help=help,
+    )
+
+
+def _tls_settings(command: str | None = None) -> dict[str, Any]:
+    """The TLS options given to ``command`` (default: the one running) as keyword arguments."""
+    ctx = click.get_current_context()
+    settings: dict[str, Any] = ctx.meta.get(f"{_TLS_META}.{command or ctx.command.name}", {})
+    return dict(settings)
+
+
+_CA_CERT_HELP = "Trust only this CA (PEM) for HTTPS"
+_SERVE_CERT_HELP = "Serve HTTPS with this certificate (PEM, chain included); needs --tls-key."
+_SERVE_KEY_HELP = "The private key (PEM) of --tls-cert."
+
+
+# --- authentication options: kept in ctx.meta, per command, like the TLS ones -----------------
+
+_AUTH_META = "taskscheduler.auth"
+
+
+def _auth_option(
+    name: str, envvar: str, setting: str, help: str, *, path: bool = False
+) -> Callable[[_F], _F]:
+    """A token (or token file) option whose value becomes ``setting=`` of the command's
+    config (or client)."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: object) -> None:
+        if value is not None:
+            ctx.meta.setdefault(f"{_AUTH_META}.{ctx.command.name}", {})[setting] = value
+
+    return click.option(
+        name,
+        envvar=envvar,
+        type=click.Path(dir_okay=False, path_type=Path) if path else str,
+        metavar="PATH" if path else "TOKEN",
+        expose_value=False,
+        callback=remember,
+        help=help,
+    )
+
+
+def _insecure_option() -> Callable[[_F], _F]:
+    def remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.meta.setdefault(f"{_AUTH_META}.{ctx.command.name}", {})["insecure"] = True
+
+    return click.option(
+        "--insecure",
+        is_flag=True,
+        expose_value=False,
+        callback=remember,
+        help="Listen on a non-loopback address even without tokens (anyone reaching it "
+        "owns the fleet).",
+    )
+
+
+def _auth_settings(command: str | None = None) -> dict[str, Any]:
+    """The authentication options given to ``command`` (default: the running one).
+
+    A ``token_file`` is read (permissions checked) and gives the tokens not set otherwise.
+    """
+    ctx = click.get_current_context()
+    settings = dict(ctx.meta.get(f"{_AUTH_META}.{command or ctx.command.name}", {}))
+    token_file = settings.pop("token_file", None)
+    if token_file is not None:
+        from taskscheduler_server.auth import read_token_file
+
+        tokens = read_token_file(token_file)
+        for name in ("admin", "read", "join"):
+            value = getattr(tokens, name)
+            if value is not None:
+                settings.setdefault(f"{name}_token", value)
+    return settings
+
+
+_TOKEN_HELP = "Present this bearer token to the server (its admin or read token)."
+_JOIN_TOKEN_HELP = "The shared token agents register with; each then gets its own credential."
+
+
 # --- the group -----------------------------------------------------------------------------------
 
 
@@ -173,7 +279,12 @@ class _Session:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.url, timeout=self.timeout)
+            self._client = Client(
+                self.url,
+                timeout=self.timeout,
+                **_tls_settings("tsched"),
+                **_auth_settings("tsched"),
+            )
         return self._client
 
     def close(self) -> None:
@@ -200,6 +311,20 @@ class _Session:
     metavar="SECONDS",
     help="How long to wait for the server to answer a request.",
 )
+@_tls_option("--ca-cert", "TSCHED_CA_CERT", "ca_cert", _CA_CERT_HELP + " (the server's).")
+@_tls_option(
+    "--tls-client-cert",
+    "TSCHED_TLS_CLIENT_CERT",
+    "client_cert",
+    "Present this client certificate (PEM) to a server that requires mutual TLS.",
+)
+@_tls_option(
+    "--tls-client-key",
+    "TSCHED_TLS_CLIENT_KEY",
+    "client_key",
+    "The private key of --tls-client-cert.",
+)
+@_auth_option("--token", "TSCHED_TOKEN", "token", _TOKEN_HELP)
 @click.version_option(__version__, "--version", prog_name="tsched")
 @click.pass_context
 def tsched(ctx: click.Context, url: str, timeout: float) -> None:
@@ -360,6 +485,60 @@ def _fail(message: str) -> NoReturn:
     callback=_seconds_option,
     help="How often to check that every alive agent has exactly its tasks.",
 )
+@click.option(
+    "--max-body-bytes",
+    envvar="TSCHED_MAX_BODY_BYTES",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BODY_BYTES,
+    show_default=True,
+    help="Refuse larger request bodies with 413.",
+)
+@click.option(
+    "--max-command-length",
+    envvar="TSCHED_MAX_COMMAND_LENGTH",
+    type=click.IntRange(min=1, max=MAX_COMMAND_LENGTH),
+    default=MAX_COMMAND_LENGTH,
+    show_default=True,
+    help="Refuse longer commands (characters) with 422 at creation.",
+)
+@click.option(
+    "--max-output-bytes",
+    envvar="TSCHED_MAX_OUTPUT_BYTES",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_OUTPUT_BYTES,
+    show_default=True,
+    help="Keep at most this many bytes (the tail) of each reported stream.",
+)
+@_tls_option("--tls-cert", "TSCHED_TLS_CERT", "tls_cert", _SERVE_CERT_HELP)
+@_tls_option("--tls-key", "TSCHED_TLS_KEY", "tls_key", _SERVE_KEY_HELP)
+@_tls_option("--ca-cert", "TSCHED_CA_CERT", "ca_cert", _CA_CERT_HELP + " (agents').")
+@_tls_option(
+    "--client-ca",
+    "TSCHED_CLIENT_CA",
+    "client_ca",
+    "Mutual TLS: refuse connections without a client certificate signed by this CA (PEM).",
+)
+@_auth_option(
+    "--admin-token",
+    "TSCHED_ADMIN_TOKEN",
+    "admin_token",
+    "Require this bearer token for everything (else the API is open; loopback only).",
+)
+@_auth_option(
+    "--read-token",
+    "TSCHED_READ_TOKEN",
+    "read_token",
+    "Also accept this bearer token for reading tasks, outputs and agents.",
+)
+@_auth_option("--join-token", "TSCHED_JOIN_TOKEN", "join_token", _JOIN_TOKEN_HELP)
+@_auth_option(
+    "--token-file",
+    "TSCHED_TOKEN_FILE",
+    "token_file",
+    "Read 'admin = …', 'read = …', 'join = …' lines from this file (mode 600).",
+    path=True,
+)
+@_insecure_option()
 @click.pass_context
 def server(
     ctx: click.Context,
@@ -370,6 +549,9 @@ def server(
     available_servers: Sequence[str],
     lost_after: timedelta,
     reconcile_interval: timedelta,
+    max_body_bytes: int,
+    max_command_length: int,
+    max_output_bytes: int,
 ) -> None:
     """Run the server (REST API, task store, dispatch to agents).
 
@@ -396,6 +578,11 @@ def server(
             available_agents=tuple(available_servers),
             lost_after=lost_after,
             reconcile_interval=reconcile_interval,
+            **_tls_settings(),
+            **_auth_settings(),
+            max_body_bytes=max_body_bytes,
+            max_command_length=max_command_length,
+            max_output_bytes=max_output_bytes,
         )
     except (TypeError, ValueError) as error:
         _fail(str(error))
@@ -460,6 +647,25 @@ def server(
     metavar="SECONDS",
     help="On Ctrl-C or SIGTERM, how long running commands may finish before they are killed.",
 )
+@_tls_option("--tls-cert", "TSCHED_TLS_CERT", "tls_cert", _SERVE_CERT_HELP)
+@_tls_option("--tls-key", "TSCHED_TLS_KEY", "tls_key", _SERVE_KEY_HELP)
+@_tls_option("--ca-cert", "TSCHED_CA_CERT", "ca_cert", _CA_CERT_HELP + " (the server's).")
+@_tls_option(
+    "--tls-client-cert",
+    "TSCHED_TLS_CLIENT_CERT",
+    "tls_client_cert",
+    "Present this client certificate (PEM) to a server that requires mutual TLS.",
+)
+@_tls_option(
+    "--tls-client-key",
+    "TSCHED_TLS_CLIENT_KEY",
+    "tls_client_key",
+    "The private key of --tls-client-cert.",
+)
+@_auth_option(
+    "--join-token", "TSCHED_JOIN_TOKEN", "join_token", "The server's join token: register with it."
+)
+@_insecure_option()
 def agent(
     host: str,
     port: int,
@@ -488,6 +694,8 @@ def agent(
             max_output_bytes=max_output_bytes,
             heartbeat_interval=heartbeat_interval,
             kill_grace=kill_grace,
+            **_tls_settings(),
+            **_auth_settings(),
         )
     except (TypeError, ValueError) as error:
         _fail(str(error))

@@ -25,13 +25,19 @@ from taskscheduler_core import Agent, Frequency, LatestOutput, Task
 
 from . import _base
 from ._base import DEFAULT_TIMEOUT, DEFAULT_URL, Call, ClientBase, OutputWait, TaskId
+from ._tls import PathLike, ssl_context
 from .errors import TransportError, translate_httpx_errors
 
 T = TypeVar("T")
 
 
 class Client(ClientBase):
-    """A blocking client; one connection pool, closed by :meth:`close` or ``with``."""
+    """A blocking client; one connection pool, closed by :meth:`close` or ``with``.
+
+    For an ``https://`` server whose certificate a private CA signed, give that CA's PEM file
+    as ``ca_cert`` (only it is then trusted); a server requiring mutual TLS also needs
+    ``client_cert`` and ``client_key``.
+    """
 
     def __init__(
         self,
@@ -39,10 +45,18 @@ class Client(ClientBase):
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        ca_cert: PathLike | None = None,
+        client_cert: PathLike | None = None,
+        client_key: PathLike | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(url, timeout)
+        super().__init__(url, timeout, token=token)
         self._http = httpx.Client(
-            base_url=self.url, timeout=timeout, transport=transport, headers=self.headers
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            headers=self.headers,
+            verify=ssl_context(ca_cert, client_cert, client_key),
         )
 
     def create_task(self, command: str, frequency: str | Frequency) -> Task:
@@ -116,10 +130,18 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_cert: PathLike | None = None,
+        client_cert: PathLike | None = None,
+        client_key: PathLike | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(url, timeout)
+        super().__init__(url, timeout, token=token)
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, transport=transport, headers=self.headers
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            headers=self.headers,
+            verify=ssl_context(ca_cert, client_cert, client_key),
         )
 
     async def create_task(self, command: str, frequency: str | Frequency) -> Task:

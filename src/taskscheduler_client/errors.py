@@ -6,13 +6,17 @@
     └── ClientError                          anything the client raises
         ├── ApiError                         the server answered with an error status
         │   ├── InvalidRequest (ValueError)  400 / 413 / 422: the request was refused
+        │   ├── Unauthorized (PermissionError)  401: no token, or a wrong one
+        │   ├── Forbidden (PermissionError)  403: the token may not do this
         │   ├── TaskNotFound (LookupError)   404: no such task
         │   ├── ServerError                  5xx: a bug or an outage on the server
         │   └── UnexpectedResponse           2xx, but not the body the API promises
         ├── TransportError                   no answer came back
         │   ├── ConnectionFailed (ConnectionError)   nothing listens at the URL
+        │   │   └── CertificateVerifyFailed          HTTPS, but its certificate is untrusted
         │   └── RequestTimeout (TimeoutError)        the server did not answer in time
-        └── OutputTimeout (TimeoutError)     wait_for_output gave up waiting for a run
+        ├── OutputTimeout (TimeoutError)     wait_for_output gave up waiting for a run
+        └── TlsConfigError (ValueError)      ca_cert / client_cert missing or unusable
 
 Each leaf also subclasses the builtin it resembles, so callers that only know Python can catch
 ``ValueError`` or ``TimeoutError``. httpx's own errors never escape: :func:`translate_httpx_errors`
@@ -21,6 +25,7 @@ turns them into this tree, and it is the only place that does.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -49,6 +54,14 @@ class InvalidRequest(ApiError, ValueError):
     """The server refused the request as malformed or invalid (400, 413, 422)."""
 
 
+class Unauthorized(ApiError, PermissionError):
+    """The server wants a valid token (401): give ``token=`` (``--token``, ``TSCHED_TOKEN``)."""
+
+
+class Forbidden(ApiError, PermissionError):
+    """The token is valid but may not do this (403): a read-only token creating a task."""
+
+
 class TaskNotFound(ApiError, LookupError):
     """The server knows no such task (404)."""
 
@@ -72,6 +85,19 @@ class TransportError(ClientError):
 
 class ConnectionFailed(TransportError, ConnectionError):
     """Could not connect: nothing listens at the URL, or the name does not resolve."""
+
+
+class CertificateVerifyFailed(ConnectionFailed):
+    """The server's HTTPS certificate is not signed by a CA the client trusts (``ca_cert``)."""
+
+
+class TlsConfigError(ClientError, ValueError):
+    """A TLS file given to the client (``ca_cert``, ``client_cert``, ``client_key``) is
+    missing, unreadable or unusable; ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class RequestTimeout(TransportError, TimeoutError):
@@ -106,6 +132,12 @@ def translate_httpx_errors(url: str) -> Iterator[None]:
     try:
         yield
     except httpx.ConnectError as error:
+        if _certificate_not_verified(error):
+            raise CertificateVerifyFailed(
+                f"cannot connect to {url}: its TLS certificate is not trusted "
+                f"({_ssl_reason(error)}); give the CA that signed it (--ca-cert, ca_cert=)",
+                url=url,
+            ) from error
         raise ConnectionFailed(f"cannot connect to {url}: {error}", url=url) from error
     except httpx.TimeoutException as error:
         detail = str(error) or type(error).__name__
@@ -116,4 +148,31 @@ def translate_httpx_errors(url: str) -> Iterator[None]:
         ) from error
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         detail = str(error) or type(error).__name__
+        if url.startswith("https://") and isinstance(
+            error, httpx.ReadError | httpx.RemoteProtocolError
+        ):
+            # What a mutual-TLS server does to a client without a certificate, after the
+            # handshake (TLS 1.3): it closes the connection without a word.
+            detail += (
+                "; if the server requires a client certificate, give one "
+                "(--tls-client-cert/--tls-client-key, client_cert=)"
+            )
         raise TransportError(f"request to {url} failed: {detail}", url=url) from error
+
+
+def _certificate_not_verified(error: BaseException) -> bool:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(error)
+
+
+def _ssl_reason(error: BaseException) -> str:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+            return str(cause.verify_message)
+        cause = cause.__cause__ or cause.__context__
+    return "certificate verify failed"

@@ -44,7 +44,7 @@ async def start_server(nursery: trio.Nursery, config: ServerConfig) -> str:
     """Start the server in ``nursery``; its base URL once it listens."""
     from taskscheduler_server import serve
 
-    config.database.parent.mkdir(parents=True, exist_ok=True)
+    config.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     url: str = await nursery.start(serve, config)
     return url
 
@@ -56,7 +56,7 @@ async def start_agent(nursery: trio.Nursery, config: AgentConfig) -> AgentStarte
     """
     from taskscheduler_agent import run_agent
 
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutdown = trio.Event()
     stopped = trio.Event()
 

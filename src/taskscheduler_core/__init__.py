@@ -14,8 +14,20 @@ from .api_errors import (
     decode_json_object,
     http_error,
 )
+from .auth import (
+    AUTHENTICATE_HEADERS,
+    TokenFile,
+    TokenFileError,
+    bearer_token,
+    forbidden,
+    is_loopback,
+    parse_token_file,
+    same_token,
+    token_digest,
+    unauthorized,
+)
 from .backoff import Backoff
-from .capture import DEFAULT_MAX_OUTPUT_BYTES, OutputCapture
+from .capture import DEFAULT_MAX_OUTPUT_BYTES, OutputCapture, keep_tail
 from .errors import FrequencyError, TaskSchedulerError, WireError
 from .firetimes import next_slot_after, require_utc, slot, slot_index_after
 from .frequency import MAX_INTERVAL, Frequency, Unit, parse_frequency
@@ -39,6 +51,7 @@ from .models import (
     Task,
     TaskSpec,
 )
+from .openapi import agent_openapi, server_openapi
 from .runs import DEFAULT_REPORT_GRACE, Run, group_runs, latest_complete_run, latest_output
 from .scheduler import (
     DEFAULT_MAX_MISSED,
@@ -53,6 +66,7 @@ from .wire import converter, format_time, make_converter, parse_time, structure,
 __version__ = "0.1.0"
 
 __all__ = [
+    "AUTHENTICATE_HEADERS",
     "DEFAULT_MAX_MISSED",
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_REPORT_GRACE",
@@ -86,25 +100,37 @@ __all__ = [
     "TaskCreated",
     "TaskSchedulerError",
     "TaskSpec",
+    "TokenFile",
+    "TokenFileError",
     "Unit",
     "WireError",
     "__version__",
+    "agent_openapi",
+    "bearer_token",
     "client_disconnected",
     "converter",
     "decode_body",
     "decode_json_object",
+    "forbidden",
     "format_time",
     "group_runs",
     "http_error",
+    "is_loopback",
+    "keep_tail",
     "latest_complete_run",
     "latest_output",
     "make_converter",
     "next_slot_after",
     "parse_frequency",
     "parse_time",
+    "parse_token_file",
     "require_utc",
+    "same_token",
+    "server_openapi",
     "slot",
     "slot_index_after",
     "structure",
+    "token_digest",
+    "unauthorized",
     "unstructure",
 ]

@@ -34,3 +34,20 @@ class OutputCapture:
     def text(self) -> str:
         """The kept bytes as UTF-8; invalid sequences (or one cut by the cap) become U+FFFD."""
         return self._buffer.decode("utf-8", errors="replace")
+
+
+def keep_tail(text: str, limit: int) -> tuple[str, int]:
+    """``text`` cut to its last ``limit`` UTF-8 bytes, and how many bytes were dropped.
+
+    The cut never splits a character: a character the cut would split is dropped whole (and
+    counted). The server uses it to re-check the streams an agent reports.
+    """
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    data = text.encode("utf-8", errors="surrogatepass")
+    if len(data) <= limit:
+        return text, 0
+    start = len(data) - limit
+    while start < len(data) and (data[start] & 0xC0) == 0x80:  # a continuation byte
+        start += 1
+    return data[start:].decode("utf-8", errors="surrogatepass"), start

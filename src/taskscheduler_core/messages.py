@@ -8,6 +8,7 @@ three to ``schedule``) still be accepted, while our agents send everything.
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import attrs
@@ -21,10 +22,30 @@ from .models import Execution, ExecutionStatus, Task, TaskSpec, check_command, n
 MAX_URL_LENGTH = 2048
 
 
+def _has_host(url: str) -> bool:
+    """Whether ``url`` names a host that can be dialled: present, encodable, a valid port."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+        # "a..b" or a label over 63 characters: no DNS name, and HTTP clients refuse it
+        if host is not None and not host.startswith("[") and ":" not in host:
+            host.encode("idna")
+    except ValueError:  # an unclosed IPv6 bracket, a bad port, an unencodable name
+        return False
+    return bool(host)
+
+
 def _agent_url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not value.startswith(("http://", "https://")) or len(value) > MAX_URL_LENGTH:
+    # A URL without a host ("http://") would be stored and then dialled forever.
+    if (
+        not value.startswith(("http://", "https://"))
+        or len(value) > MAX_URL_LENGTH
+        or not _has_host(value)
+    ):
         raise WireError(
-            f"must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters",
+            f"must be an http:// or https:// URL with a host, of at most {MAX_URL_LENGTH} "
+            "characters",
             field=attribute.name,
         )
 

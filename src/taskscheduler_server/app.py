@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 from uuid import UUID, uuid4
 
+import attrs
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from taskscheduler_core import (
+    AUTHENTICATE_HEADERS,
     DEFAULT_REPORT_GRACE,
     Agent,
     AgentStatus,
@@ -31,13 +33,17 @@ from taskscheduler_core import (
     Task,
     TaskCreated,
     client_disconnected,
+    forbidden,
     http_error,
+    keep_tail,
+    server_openapi,
     unstructure,
 )
 from taskscheduler_core import ApiError as CoreApiError
 
+from .auth import Guard, Role
 from .clock import utc_now
-from .config import DEFAULT_MAX_BODY_BYTES, ServerConfig
+from .config import ServerConfig
 from .dispatch import Dispatcher
 from .errors import ApiError, TaskNotFound
 from .outputs import latest_output_of
@@ -52,6 +58,16 @@ T = TypeVar("T")
 _INT64 = range(-(2**63), 2**63)
 
 
+def report_body_limit(config: ServerConfig) -> int:
+    """The largest report body accepted: room for two full streams of ``max_output_bytes`` in
+    the worst JSON escaping (6 bytes a byte, ``\\u0001``) beside ``max_body_bytes``.
+
+    A report over the plain body limit would be refused for good, and its execution lost, when
+    all that is wrong is its output; so it is accepted and its streams cut to their tails.
+    """
+    return config.max_body_bytes + 2 * 6 * config.max_output_bytes
+
+
 class _Api:
     """The route handlers and what they share."""
 
@@ -61,23 +77,28 @@ class _Api:
         dispatcher: Dispatcher | None,
         reconciler: Reconciler | None,
         *,
-        max_body_bytes: int,
+        limits: ServerConfig,
         report_grace: timedelta,
         clock: Callable[[], datetime],
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.reconciler = reconciler
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = limits.max_body_bytes
+        self.max_command_length = limits.max_command_length
+        self.max_output_bytes = limits.max_output_bytes
+        self.max_report_bytes = report_body_limit(limits)
         self.report_grace = report_grace
         self.clock = clock
+        self.guard = Guard(store)  # open; create_app sets the configured one
 
     # -- reading requests ----------------------------------------------------------------
 
-    async def read_body(self, request: Request, kind: type[T]) -> T:
-        """The body as a ``kind``, refusing one too large before reading all of it."""
+    async def read_body(self, request: Request, kind: type[T], limit: int | None = None) -> T:
+        """The body as a ``kind``, refusing one over ``limit`` (default ``max_body_bytes``)
+        before reading all of it."""
         reader = BodyReader(
-            self.max_body_bytes, content_length=request.headers.get("content-length")
+            limit or self.max_body_bytes, content_length=request.headers.get("content-length")
         )
         try:
             async for chunk in request.stream():
@@ -127,7 +148,15 @@ class _Api:
     # -- routes --------------------------------------------------------------------------
 
     async def create_task(self, request: Request) -> Response:
+        await self.guard.require_admin(request)
         body = await self.read_body(request, CreateTask)
+        if len(body.command) > self.max_command_length:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"is too long ({len(body.command)} characters, at most {self.max_command_length})",
+                field="command",
+            )
         now = self.clock()
         # The anchor is fixed here, once, so that every agent fires at the same instants.
         task = Task(
@@ -142,6 +171,7 @@ class _Api:
         )
 
     async def latest_output(self, request: Request) -> Response:
+        await self.guard.require_reader(request)
         task_id = self.task_id(request)
         output = await self.store.call(
             latest_output_of, task_id, now=self.clock(), report_grace=self.report_grace
@@ -151,14 +181,31 @@ class _Api:
         return JSONResponse(unstructure(output))
 
     async def complete(self, request: Request) -> Response:
+        caller = await self.guard.agent_caller(request)
         task_id = self.task_id(request)
-        report = await self.read_body(request, ExecutionReport)
+        report = await self.read_body(request, ExecutionReport, self.max_report_bytes)
+        self.guard.check_speaks_for(caller, report.server_id)
+        if caller is not None and caller.role is Role.AGENT:
+            assigned = await self.store.call(Store.assignment_times, task_id)
+            if report.server_id not in assigned:
+                raise forbidden(f"task {task_id} is not assigned to agent {report.server_id}")
         for name in ("exit_code", "stdout_dropped", "stderr_dropped"):
             value = getattr(report, name)
             if value is not None and value not in _INT64:
                 raise ApiError(
                     422, "validation_error", "must fit in a signed 64-bit integer", field=name
                 )
+        # The agent caps each stream too, but the server does not take its word for it.
+        stdout, stdout_cut = keep_tail(report.stdout, self.max_output_bytes)
+        stderr, stderr_cut = keep_tail(report.stderr, self.max_output_bytes)
+        if stdout_cut or stderr_cut:
+            report = attrs.evolve(
+                report,
+                stdout=stdout,
+                stderr=stderr,
+                stdout_dropped=min(report.stdout_dropped + stdout_cut, _INT64[-1]),
+                stderr_dropped=min(report.stderr_dropped + stderr_cut, _INT64[-1]),
+            )
         received_at = self.clock()
         execution = report.execution(task_id, received_at=received_at)
         try:
@@ -170,15 +217,28 @@ class _Api:
         return JSONResponse({"acknowledged": True, "duplicate": not new})
 
     async def register_agent(self, request: Request) -> Response:
+        caller = await self.guard.registration_caller(request)
         body = await self.read_body(request, RegisterAgent)
+        issue = await self.guard.check_registration(caller, body.agent_id)
+        # Issued before the agent row is written: the first push to it already presents the
+        # server's token.
+        issued = await self.guard.issue(body.agent_id) if issue else None
         agent = Agent(id=body.agent_id, url=body.url.rstrip("/"), registered_at=self.clock())
         record = await self.store.call(Store.upsert_agent, agent)
         self.agent_is_back(record.id)
         logger.info("agent %s registered at %s", record.id, record.url)
-        return JSONResponse({"agent_id": str(record.id), "url": record.url})
+        answer: dict[str, object] = {"agent_id": str(record.id), "url": record.url}
+        if issued is not None:
+            answer["credentials"] = {
+                "agent_token": issued.agent_token,
+                "server_token": issued.server_token,
+            }
+        return JSONResponse(answer)
 
     async def heartbeat(self, request: Request) -> Response:
+        caller = await self.guard.agent_caller(request)
         agent_id = self.agent_id(request)
+        self.guard.check_speaks_for(caller, agent_id)
         await self.read_body(request, dict)  # a JSON object; no field is read yet
         before = await self.store.call(Store.heartbeat, agent_id, self.clock())
         if before is None:
@@ -195,16 +255,21 @@ class _Api:
         return JSONResponse({"agent_id": str(agent_id), "status": AgentStatus.ALIVE.value})
 
     async def list_agents(self, request: Request) -> Response:
+        await self.guard.require_reader(request)
         agents = await self.store.call(Store.list_agents)
         return JSONResponse({"agents": unstructure(agents)})
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(server_openapi())
+
 
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, CoreApiError)
-    return JSONResponse(error.body(), status_code=error.status)
+    headers = AUTHENTICATE_HEADERS if error.status == 401 else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
@@ -240,16 +305,28 @@ def create_app(
     registrations and agents that come back to ``reconciler``.
 
     Without a dispatcher nothing is pushed to agents (handy in tests). ``config`` supplies
-    ``max_body_bytes`` and ``report_grace``; its other settings are for :func:`serve`.
+    the limits (``max_body_bytes``, ``max_command_length``, ``max_output_bytes``) and
+    ``report_grace``; its other settings are for :func:`serve`.
     """
     api = _Api(
         store,
         dispatcher,
         reconciler,
-        max_body_bytes=config.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES,
+        limits=config or ServerConfig(database=":memory:"),
         report_grace=config.report_grace if config else DEFAULT_REPORT_GRACE,
         clock=clock,
     )
+    api.guard = Guard(
+        store,
+        admin_token=config.admin_token if config else None,
+        read_token=config.read_token if config else None,
+        join_token=config.join_token if config else None,
+    )
+    # The dispatcher and the reconciler present each agent the token issued to it.
+    if dispatcher is not None:
+        dispatcher.agent_headers = api.guard.agent_headers
+    if reconciler is not None:
+        reconciler.agent_headers = api.guard.agent_headers
     routes = [
         Route("/api/v1/tasks/create", api.create_task, methods=["POST"]),
         Route("/api/v1/tasks/{task_id}/latest_output", api.latest_output, methods=["GET"]),
@@ -258,6 +335,7 @@ def create_app(
         Route("/api/v1/agents/{agent_id}/heartbeat", api.heartbeat, methods=["POST"]),
         Route("/api/v1/agents", api.list_agents, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/api/v1/openapi.json", api.openapi, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import attrs
 
-from taskscheduler_core import DEFAULT_REPORT_GRACE
+from taskscheduler_core import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_REPORT_GRACE, MAX_COMMAND_LENGTH
+
+from .tls import TlsConfigError, check_ca, check_pair
 
 #: Request bodies larger than this are refused with 413 before they are parsed.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+#: The most items one page of a listing may hold. No endpoint pages yet (``GET /api/v1/agents``
+#: lists every agent); the first one that does takes ``?limit=`` up to this, and refuses more
+#: with 422.
+MAX_PAGE_SIZE = 1000
 
 #: An agent not heard from (heartbeat, registration, report) for this long is ``lost``: three
 #: missed heartbeats at the agent's default interval of 5 s.
@@ -61,6 +68,27 @@ def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int)
         raise ValueError(f"{attribute.name} must be >= 1, got {value}")
 
 
+def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _command_length(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= MAX_COMMAND_LENGTH:
+        raise ValueError(
+            f"{attribute.name} must be between 1 and {MAX_COMMAND_LENGTH}, got {value}"
+        )
+
+
+def _optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None or value == "" else Path(value)
+
+
+def _token(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and (not value.strip() or value != value.strip()):
+        raise ValueError(f"{attribute.name} must be non-empty, without surrounding blanks")
+
+
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {value}")
@@ -83,6 +111,12 @@ class ServerConfig:
         default=DEFAULT_REPORT_GRACE, validator=_positive_duration
     )
     max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=_positive_int)
+    #: Longer commands are refused (422) at creation. It may lower the core's hard cap
+    #: (``MAX_COMMAND_LENGTH``, which agents enforce too), not raise it.
+    max_command_length: int = attrs.field(default=MAX_COMMAND_LENGTH, validator=_command_length)
+    #: A reported stream longer than this many UTF-8 bytes is cut to its tail, the cut counted
+    #: in ``stdout_dropped`` / ``stderr_dropped``: the server does not trust agents' own caps.
+    max_output_bytes: int = attrs.field(default=DEFAULT_MAX_OUTPUT_BYTES, validator=_non_negative)
     backoff_initial: timedelta = attrs.field(
         default=timedelta(seconds=0.5), validator=_positive_duration
     )
@@ -103,8 +137,32 @@ class ServerConfig:
     reconcile_interval: timedelta = attrs.field(
         default=DEFAULT_RECONCILE_INTERVAL, validator=_positive_duration
     )
+    #: With both, the server serves HTTPS with this certificate (PEM, chain included) and key.
+    tls_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: The CA the server verifies agents' HTTPS certificates with (default: the system's).
+    ca_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: Mutual TLS: every connection must present a client certificate signed by this CA (agents
+    #: and API clients alike: hypercorn verifies at the handshake, before any route is known).
+    client_ca: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: Bearer tokens (docs/security.md). Without ``admin_token`` the client endpoints are
+    #: open; ``read_token`` may read but not write; ``join_token`` lets agents register and
+    #: receive their own credentials (without it the agent endpoints are open). Never shown in
+    #: a repr, so never logged.
+    admin_token: str | None = attrs.field(default=None, repr=False, validator=_token)
+    read_token: str | None = attrs.field(default=None, repr=False, validator=_token)
+    join_token: str | None = attrs.field(default=None, repr=False, validator=_token)
+    #: Serve on a non-loopback host without those tokens all the same.
+    insecure: bool = False
 
     def __attrs_post_init__(self) -> None:
+        if self.read_token is not None and self.admin_token is None:
+            raise ValueError("a read token needs an admin token (else the API is open anyway)")
+        check_pair(self.tls_cert, self.tls_key, what="tls_cert/tls_key")
+        check_ca(self.ca_cert)
+        check_ca(self.client_ca)
+        if self.client_ca is not None and self.tls_cert is None:
+            raise TlsConfigError("client_ca (mutual TLS) needs tls_cert and tls_key (HTTPS)")
         if self.backoff_max < self.backoff_initial:
             raise ValueError(
                 f"backoff_max ({self.backoff_max}) must be >= backoff_initial "

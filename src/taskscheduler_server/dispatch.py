@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -39,15 +40,23 @@ from .clock import utc_now
 from .config import ServerConfig, normalize_agent_url
 from .records import Assignment
 from .store import AsyncStore, Store
+from .tls import client_ssl_context
 
 logger = logging.getLogger("taskscheduler.server.dispatch")
+
+
+def _no_headers(agent_id: UUID) -> dict[str, str]:
+    return {}
+
 
 SCHEDULE_PATH = "/api/v1/tasks/schedule"
 IDENTITY_PATH = "/api/v1/agent"
 
 #: What a failed request to an agent can raise: connection, timeout, protocol errors, and a URL
 #: httpx cannot use. All mean "not reachable now"; the dispatcher keeps trying.
-_UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL)
+#: What calling an agent can raise when it cannot be reached. ValueError covers a host name
+#: that httpx cannot encode (``http://a..b``): one bad agent URL must never stop the server.
+UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL, ValueError)
 
 
 class Backoff:
@@ -102,6 +111,7 @@ class Dispatcher:
         backoff_initial: timedelta = timedelta(seconds=0.5),
         backoff_max: timedelta = timedelta(seconds=30),
         agent_request_timeout: timedelta = timedelta(seconds=5),
+        verify: ssl.SSLContext | bool = True,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
@@ -109,7 +119,11 @@ class Dispatcher:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._timeout = agent_request_timeout.total_seconds()
+        # httpx's verify=: the CA agents' HTTPS certificates are checked against.
+        self._verify = verify
         self._clock = clock
+        #: The headers that authenticate the server to an agent (set by ``create_app``).
+        self.agent_headers: Callable[[UUID], dict[str, str]] = _no_headers
         self._lanes: dict[UUID, _Lane] = {}
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
@@ -125,6 +139,7 @@ class Dispatcher:
             backoff_initial=config.backoff_initial,
             backoff_max=config.backoff_max,
             agent_request_timeout=config.agent_request_timeout,
+            verify=client_ssl_context(config.ca_cert),
         )
 
     def notify(self, agent_id: UUID | None = None) -> None:
@@ -145,7 +160,9 @@ class Dispatcher:
         async with (
             # trust_env=False: agents are peers on our own network, never reached through the
             # proxies the environment may configure for the outside world.
-            httpx.AsyncClient(timeout=self._timeout, trust_env=False) as client,
+            httpx.AsyncClient(
+                timeout=self._timeout, trust_env=False, verify=self._verify
+            ) as client,
             trio.open_nursery() as nursery,
         ):
             self._client = client
@@ -208,7 +225,7 @@ class Dispatcher:
         for assignment in pending:
             try:
                 delivered = await self._push(assignment, quiet=quiet)
-            except _UNREACHABLE as error:
+            except UNREACHABLE as error:
                 log = logger.debug if quiet else logger.warning
                 log(
                     "cannot reach agent %s at %s: %r",
@@ -223,7 +240,11 @@ class Dispatcher:
     async def _push(self, assignment: Assignment, *, quiet: bool) -> bool:
         assert self._client is not None
         body = unstructure(ScheduleTask.of(TaskSpec.of(assignment.task)))
-        response = await self._client.post(assignment.agent_url + SCHEDULE_PATH, json=body)
+        response = await self._client.post(
+            assignment.agent_url + SCHEDULE_PATH,
+            json=body,
+            headers=self.agent_headers(assignment.agent_id),
+        )
         if not response.is_success:
             (logger.debug if quiet else logger.warning)(
                 "agent %s refused task %s: HTTP %d %s",
@@ -251,7 +272,7 @@ class Dispatcher:
                     identity = structure(response.json(), AgentIdentity)
                     break
                 problem = f"HTTP {response.status_code}"
-            except _UNREACHABLE as error:
+            except UNREACHABLE as error:
                 problem = repr(error)
             except (ValueError, WireError) as error:  # not JSON, or not an identity
                 problem = f"unexpected answer: {error}"

@@ -4,6 +4,7 @@
 
     ServerError (also TaskSchedulerError)
     ├── TaskNotFound (also LookupError)   a task id the store does not hold
+    ├── TlsConfigError (also ValueError)  a TLS file missing or unusable (in ``tls``)
     └── ApiError (also core ApiError)     a request the API refuses; becomes a 4xx JSON error
 
 Every core :class:`~taskscheduler_core.ApiError` is answered as ``{"error": {"code",

@@ -42,7 +42,9 @@ def latest_output_of(
 
     before: datetime | None = None
     while True:
-        runs = store.recent_runs(task_id, limit=RUNS_PER_PAGE, before=before, with_output=False)
+        runs = store.recent_runs(
+            task_id, limit=RUNS_PER_PAGE, before=before, with_output=False, ran_only=True
+        )
         run = latest_complete_run(runs, expected=expected, now=now, report_grace=report_grace)
         if run is not None:
             shown = store.run(task_id, run.scheduled_at)

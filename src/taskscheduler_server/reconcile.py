@@ -24,6 +24,7 @@ round (the dispatcher already retries what it has not acknowledged).
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -42,8 +43,9 @@ from taskscheduler_core import (
 
 from .clock import utc_now
 from .config import ServerConfig
-from .dispatch import IDENTITY_PATH, Dispatcher
+from .dispatch import IDENTITY_PATH, UNREACHABLE, Dispatcher
 from .store import AsyncStore, Store
+from .tls import client_ssl_context
 
 logger = logging.getLogger("taskscheduler.server.reconcile")
 
@@ -53,7 +55,6 @@ TASKS_PATH = "/api/v1/tasks"
 DEFAULT_CONCURRENCY = 16
 
 #: What a failed request to an agent can raise: transport errors, and a URL httpx refuses.
-_UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL)
 
 
 class AgentUnusable(Exception):
@@ -96,6 +97,7 @@ class Reconciler:
         *,
         interval: timedelta = timedelta(seconds=30),
         agent_request_timeout: timedelta = timedelta(seconds=5),
+        verify: ssl.SSLContext | bool = True,
         concurrency: int = DEFAULT_CONCURRENCY,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -103,8 +105,12 @@ class Reconciler:
         self._dispatcher = dispatcher
         self._interval = interval.total_seconds()
         self._timeout = agent_request_timeout.total_seconds()
+        # httpx's verify=: the CA agents' HTTPS certificates are checked against.
+        self._verify = verify
         self._limiter = trio.CapacityLimiter(concurrency)
         self._clock = clock
+        #: The headers that authenticate the server to an agent (set by ``create_app``).
+        self.agent_headers: Callable[[UUID], dict[str, str]] = lambda agent_id: {}
         self._client: httpx.AsyncClient | None = None
         self._wanted: set[UUID] = set()
         self._running: set[UUID] = set()
@@ -119,6 +125,7 @@ class Reconciler:
             dispatcher,
             interval=config.reconcile_interval,
             agent_request_timeout=config.agent_request_timeout,
+            verify=client_ssl_context(config.ca_cert),
         )
 
     def notify(self, agent_id: UUID) -> None:
@@ -130,7 +137,9 @@ class Reconciler:
         """Reconcile until cancelled."""
         async with (
             # trust_env=False: agents are peers on our own network, never behind a proxy.
-            httpx.AsyncClient(timeout=self._timeout, trust_env=False) as client,
+            httpx.AsyncClient(
+                timeout=self._timeout, trust_env=False, verify=self._verify
+            ) as client,
             trio.open_nursery() as nursery,
         ):
             self._client = client
@@ -194,7 +203,7 @@ class Reconciler:
                 len(pushed),
             )
             self._dispatcher.notify(agent_id)
-        removed = [task_id for task_id in extra if await self._remove(agent.url, task_id)]
+        removed = [task_id for task_id in extra if await self._remove(agent.url, task_id, agent_id)]
         if removed:
             logger.warning(
                 "removed %d tasks from agent %s that it should not run", len(removed), agent_id
@@ -211,18 +220,18 @@ class Reconciler:
             raise AgentUnusable(f"unexpected identity: {error}") from None
         if identity.agent_id != agent_id:
             raise AgentUnusable(f"{url} is now agent {identity.agent_id}")
-        data = await self._get_json(url + TASKS_PATH)
+        data = await self._get_json(url + TASKS_PATH, headers=self.agent_headers(agent_id))
         try:
             specs = structure(data.get("tasks"), list[TaskSpec])
         except WireError as error:
             raise AgentUnusable(f"unexpected task listing: {error}") from None
         return _Listing(specs={spec.task_id: spec for spec in specs}, listed_at=listed_at)
 
-    async def _get_json(self, url: str) -> dict[str, object]:
+    async def _get_json(self, url: str, headers: dict[str, str] | None = None) -> dict[str, object]:
         assert self._client is not None, "reconcile() is for while run() runs"
         try:
-            response = await self._client.get(url)
-        except _UNREACHABLE as error:
+            response = await self._client.get(url, headers=headers)
+        except UNREACHABLE as error:
             raise AgentUnusable(repr(error)) from None
         if not response.is_success:
             raise AgentUnusable(f"GET {url}: HTTP {response.status_code}")
@@ -234,12 +243,14 @@ class Reconciler:
             raise AgentUnusable(f"GET {url}: not a JSON object")
         return data
 
-    async def _remove(self, url: str, task_id: UUID) -> bool:
+    async def _remove(self, url: str, task_id: UUID, agent_id: UUID) -> bool:
         """``DELETE`` ``task_id`` from the agent at ``url``; ``True`` if it answered 2xx."""
         assert self._client is not None
         try:
-            response = await self._client.delete(f"{url}{TASKS_PATH}/{task_id}")
-        except _UNREACHABLE as error:
+            response = await self._client.delete(
+                f"{url}{TASKS_PATH}/{task_id}", headers=self.agent_headers(agent_id)
+            )
+        except UNREACHABLE as error:
             logger.debug("cannot remove task %s from %s: %r", task_id, url, error)
             return False
         if not response.is_success:

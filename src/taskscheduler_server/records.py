@@ -1,6 +1,7 @@
 """What the server keeps about which agent runs which task.
 
-Tasks, agents and executions are core models; assignments exist only on the server.
+Tasks, agents and executions are core models; assignments and agent credentials exist only on
+the server.
 """
 
 from __future__ import annotations
@@ -31,3 +32,13 @@ class Assignment:
     @property
     def delivered(self) -> bool:
         return self.delivered_at is not None
+
+
+@attrs.frozen(kw_only=True)
+class AgentCredential:
+    """What the server keeps of the credentials it issued agent ``agent_id`` at registration:
+    the digest of the token the agent presents, and the token the server presents to it."""
+
+    agent_id: UUID
+    token_sha256: str
+    server_token: str = attrs.field(repr=False)

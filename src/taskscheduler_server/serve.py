@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -15,6 +16,7 @@ from hypercorn.typing import ASGIFramework
 from starlette.applications import Starlette
 
 from .app import create_app
+from .auth import check_exposure
 from .config import ServerConfig
 from .dispatch import Dispatcher
 from .liveness import watch_liveness
@@ -34,6 +36,13 @@ def hypercorn_config(config: ServerConfig) -> hypercorn.config.Config:
     http.accesslog = None
     http.errorlog = logging.getLogger("taskscheduler.server.http")
     http.graceful_timeout = config.graceful_timeout.total_seconds()
+    if config.tls_cert is not None and config.tls_key is not None:
+        # HTTPS: hypercorn then reports its binds as https://…, and so does serve().
+        http.certfile = str(config.tls_cert)
+        http.keyfile = str(config.tls_key)
+        if config.client_ca is not None:
+            http.ca_certs = str(config.client_ca)
+            http.verify_mode = ssl.CERT_REQUIRED
     return http
 
 
@@ -63,7 +72,13 @@ async def serve(
     gives open requests ``graceful_timeout`` to finish, stops the background tasks (dispatch,
     reconciliation, liveness) and closes the database.
     """
-    config.database.parent.mkdir(parents=True, exist_ok=True)
+    check_exposure(
+        config.host,
+        admin_token=config.admin_token,
+        join_token=config.join_token,
+        insecure=config.insecure,
+    )
+    config.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = AsyncStore(await trio.to_thread.run_sync(Store, config.database))
     try:
         dispatcher = Dispatcher.from_config(store, config)

@@ -13,6 +13,7 @@ Times are stored as integer microseconds since the epoch, so ordering and equali
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,19 +37,21 @@ from taskscheduler_core import (
 )
 
 from .errors import ServerError, TaskNotFound
-from .records import Assignment
+from .records import AgentCredential, Assignment
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 #: Bumped whenever the tables change shape; a newer database is refused rather than misread,
 #: an older one is upgraded when it is opened (:data:`_UPGRADES`).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The statements that take a database from version ``n`` to ``n + 1``, run in the transaction
 #: that opens it. Version 1 is the schema of the first release (issue 2).
 _UPGRADES: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE agents ADD COLUMN status TEXT NOT NULL DEFAULT 'alive'",),
+    # Version 3 adds the agent_credentials table, which create_tables makes.
+    2: (),
 }
 
 #: Rows per INSERT when many are written at once (well under SQLite's bound-variable limit).
@@ -106,9 +109,10 @@ class _Tables:
     agent: Any
     assignment: Any
     execution: Any
+    credential: Any
 
     def all(self) -> list[Any]:
-        return [self.task, self.agent, self.assignment, self.execution]
+        return [self.task, self.agent, self.assignment, self.execution, self.credential]
 
 
 def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
@@ -168,7 +172,18 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
                 (("task", "scheduled_at"), False),
             )
 
-    tables = _Tables(TaskRow, AgentRow, AssignmentRow, ExecutionRow)
+    class CredentialRow(_Model):
+        # Not a foreign key: credentials are issued before the agent row is written.
+        agent_id = peewee.UUIDField(primary_key=True)
+        #: SHA-256 of the token the agent presents; the token itself is never stored.
+        token_sha256 = peewee.TextField(unique=True)
+        #: The token the server presents to the agent (it must be able to send it).
+        server_token = peewee.TextField()
+
+        class Meta:
+            table_name = "agent_credentials"
+
+    tables = _Tables(TaskRow, AgentRow, AssignmentRow, ExecutionRow, CredentialRow)
     database.bind(tables.all(), bind_refs=False, bind_backrefs=False)
     return tables
 
@@ -176,6 +191,16 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
 def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(rows), _BATCH):
         yield rows[start : start + _BATCH]
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only, if it does not exist yet.
+
+    It holds commands and what they printed. SQLite gives its -wal and -shm files the
+    permissions of the database file, so they are private too; an existing file is left as is.
+    """
+    if str(path) != ":memory:":
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 class Store:
@@ -186,6 +211,7 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        _create_private(self.path)
         self._db = peewee.SqliteDatabase(
             str(self.path),
             pragmas=_PRAGMAS,
@@ -313,6 +339,27 @@ class Store:
                     t.assignment.agent == agent.id
                 ).execute()
             return _agent(t.agent.get(t.agent.id == agent.id))
+
+    def set_agent_credential(self, credential: AgentCredential) -> None:
+        """Store (or replace) the credential of ``credential.agent_id``."""
+        t = self._tables
+        with self._db.atomic():
+            t.credential.replace(
+                agent_id=credential.agent_id,
+                token_sha256=credential.token_sha256,
+                server_token=credential.server_token,
+            ).execute()
+
+    def agent_credentials(self) -> list[AgentCredential]:
+        """Every agent credential issued."""
+        return [
+            AgentCredential(
+                agent_id=row.agent_id,
+                token_sha256=row.token_sha256,
+                server_token=row.server_token,
+            )
+            for row in self._tables.credential.select()
+        ]
 
     def get_agent(self, agent_id: UUID) -> Agent | None:
         row = self._tables.agent.get_or_none(self._tables.agent.id == agent_id)
@@ -544,20 +591,27 @@ class Store:
         limit: int,
         before: datetime | None = None,
         with_output: bool = True,
+        ran_only: bool = False,
     ) -> list[Run]:
         """The newest ``limit`` runs of ``task_id`` (only those before ``before``), newest first.
 
         ``with_output=False`` leaves ``stdout`` / ``stderr`` empty, to decide which run to show
-        without reading megabytes of output for runs that will not be shown.
+        without reading megabytes of output for runs that will not be shown. ``ran_only`` keeps
+        only runs in which some execution ran (not every one skipped or missed): filtered here,
+        in SQL, since a command that hangs can leave any number of skipped runs behind it.
         """
         e = self._tables.execution
         condition = e.task == task_id
         if before is not None:
             condition &= e.scheduled_at < before
+        slot_condition = condition
+        if ran_only:
+            skipped = [status.value for status in ExecutionStatus if not status.ran]
+            slot_condition &= e.status.not_in(skipped)
         with self._db.atomic():
             slots = (
                 e.select(e.scheduled_at)
-                .where(condition)
+                .where(slot_condition)
                 .distinct()
                 .order_by(e.scheduled_at.desc())
                 .limit(limit)
@@ -566,7 +620,7 @@ class Store:
             if not times:
                 return []
             query = e.select(*self._execution_columns(with_output)).where(
-                condition & (e.scheduled_at >= times[-1])
+                condition & e.scheduled_at.in_(times)
             )
             return group_runs(_execution(row) for row in query)
 

@@ -144,7 +144,9 @@ class Collector:
         if status is None and self.attempts["complete"] <= self.fail_first:
             status = 503
         if status is not None and status >= 300:
-            return JSONResponse({"error": {"code": "nope"}}, status_code=status)
+            # our server's codes for the refusals it means for good; any other code is not one
+            code = {404: "task_not_found", 422: "validation_error"}.get(status, "nope")
+            return JSONResponse({"error": {"code": code}}, status_code=status)
         self.reports.append((task_id, json.loads(await request.body())))
         return JSONResponse({"ok": True})
 

@@ -54,3 +54,26 @@ async def test_default_start_is_the_time_of_day() -> None:
 async def test_naive_start_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         WallClock(start=datetime(2026, 1, 1))  # naive: the point of the test
+
+
+async def test_resync_follows_the_time_of_day_after_a_suspend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = WallClock()
+    assert not clock.resync()  # in step with the system: nothing to do
+    # A suspended host cannot be made here: the system clock reading jumps instead, which is
+    # what the agent sees when it wakes up after one.
+    suspended = 90.0
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + suspended)
+    assert clock.resync()
+    assert abs(clock.now().timestamp() - time.time()) < 0.5
+    assert not clock.resync()
+
+
+async def test_a_pinned_clock_never_resyncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = WallClock(start=START)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+    assert not clock.resync()
+    assert clock.now() - START < timedelta(seconds=1)

@@ -276,3 +276,23 @@ async def test_cancelling_the_engine_kills_running_commands(
         inner.cancel_scope.cancel()
     await wait_for(lambda: not live_group_members(shell), timeout=5)
     assert delivered == []
+
+
+async def test_a_task_removed_between_poll_and_start_is_not_started(
+    mock_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    shell_env: dict[str, str],
+) -> None:
+    delivered = Delivered()
+    engine = Engine(
+        agent_id=AGENT_ID, deliver=delivered, clock=WallClock(start=START), env=shell_env
+    )
+    task = spec("echo should not run")
+    await engine.add_task(task)
+    actions = engine.scheduler.poll(START + SECOND)  # the loop polled ...
+    assert actions
+    await engine.remove_task(task.task_id)  # ... then a DELETE came in before it acted
+    await engine._act(nursery, actions, START + SECOND)
+    await trio.testing.wait_all_tasks_blocked()
+    assert delivered == []
+    assert engine.scheduler.running(task.task_id) == frozenset()

@@ -82,7 +82,9 @@ async def test_a_permanent_refusal_is_dropped_and_the_rest_delivered(
     assert any("refused the report" in record.message for record in caplog.records)
 
 
-@pytest.mark.parametrize("status", [500, 503, 408, 429])
+# 413 and 400 with a code that is not one of our permanent refusals (a proxy, a body limit
+# lower than the report) are retried: dropping the report would lose the execution.
+@pytest.mark.parametrize("status", [500, 503, 408, 429, 413, 400])
 async def test_a_report_the_server_keeps_failing_does_not_stall_the_others(
     status: int, nursery: trio.Nursery, start_collector: StartCollector, wait_for: WaitFor
 ) -> None:

@@ -218,8 +218,14 @@ def test_old_journal_rows_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyP
     task = spec()
     week = JOURNAL_RETENTION // SECOND
     with AgentState(path) as state:
-        # the third record prunes what finished over a week before it: slot 1, not slot 2
-        for k in (1, 2, week + 2, week + 3):
+        # records 1, 4, 7, … prune; the fourth prunes what finished over a week before it:
+        # slot 1, not slot 2
+        for k in (1, 2, 3, week + 2):
             state.record(execution(task.task_id, k))
     kept = rows(path, "SELECT scheduled_at FROM journal ORDER BY scheduled_at")
-    assert kept == [(format_time(START + k * SECOND),) for k in (2, week + 2, week + 3)]
+    assert kept == [(format_time(START + k * SECOND),) for k in (2, 3, week + 2)]
+    with AgentState(path) as state:
+        # the first record after a restart prunes as well
+        state.record(execution(task.task_id, week + 4))
+    kept = rows(path, "SELECT scheduled_at FROM journal ORDER BY scheduled_at")
+    assert kept == [(format_time(START + k * SECOND),) for k in (week + 2, week + 4)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -52,6 +53,13 @@ def test_up_runs_the_original_flow_and_survives_a_restart(
     assert "Traceback" not in up.output()
     for path in (data / "server.sqlite3", data / "agents"):
         assert path.exists(), f"{path} should be in the data directory"
+    # commands and their output are nobody else's business
+    private = [data / "server.sqlite3", *data.glob("agents/*/agent.sqlite3")]
+    assert len(private) == 3
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for directory in (data, *data.glob("agents/*")):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
 
     # Same data directory: same agents, and the task goes on without being created again.
     up_again = tsched("up", "--port", str(port), "--agents", "2", "--data-dir", str(data))

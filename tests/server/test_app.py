@@ -541,6 +541,10 @@ AGENT = "00000000-0000-0000-0000-000000000001"
         ({"agent_id": AGENT, "url": "ftp://host"}, "url"),
         ({"agent_id": AGENT, "url": 80}, "url"),
         ({"agent_id": AGENT, "url": "http://" + "a" * 5000}, "url"),
+        # hosts no HTTP client can dial: stored, they would be retried forever
+        ({"agent_id": AGENT, "url": "http://a..b:8081"}, "url"),
+        ({"agent_id": AGENT, "url": "http://" + "a" * 64 + ".example:8081"}, "url"),
+        ({"agent_id": AGENT, "url": "http://127.0.0.1:99999"}, "url"),
     ],
 )
 async def test_register_refuses_bad_bodies(

@@ -256,3 +256,23 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
         assert nominal / 2 <= delay <= nominal
     backoff.reset()
     assert backoff.next_delay() <= 1
+
+
+async def test_an_agent_url_httpx_cannot_encode_does_not_stop_the_others(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    # "xn--a" passes the registration check but is no valid IDNA label for httpx: pushing to it
+    # raises a ValueError, which must count as "unreachable", not end the dispatcher.
+    await register(astore, uuid4(), "http://xn--a:8081")
+    agent = fake_agent()
+    url, _ = await serve_asgi(agent.app)
+    await register(astore, agent.agent_id, url)
+    await create(astore, new_task())
+    await start_dispatcher(nursery, astore)
+    await wait_until(lambda: agent.scheduled)
+    await trio.sleep(0.2)  # a few failed attempts at the bad one: the dispatcher still runs
+    assert len(await undelivered(astore)) == 1

@@ -92,7 +92,7 @@ def test_an_issue_2_database_is_upgraded_on_open_with_nothing_lost(tmp_path: Pat
     task_id, agent_id = ids["task_id"], ids["agent_id"]
 
     with Store(path) as store:
-        assert user_version(path) == SCHEMA_VERSION == 2
+        assert user_version(path) == SCHEMA_VERSION == 3
         [agent] = store.list_agents()
         assert (agent.id, agent.status, agent.last_seen_at) == (agent_id, AgentStatus.ALIVE, START)
         [task] = store.list_tasks()

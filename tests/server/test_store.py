@@ -298,3 +298,24 @@ async def test_async_store_runs_calls_in_a_thread_one_at_a_time(store: Store) ->
             nursery.start_soon(async_store.call, Store.create_task, task)
     assert {t.id for t in await async_store.call(Store.list_tasks)} == {t.id for t in tasks}
     await async_store.aclose()
+
+
+def test_recent_runs_ran_only_passes_over_any_number_of_skipped_runs(store: Store) -> None:
+    task = make_task()
+    store.create_task(task)
+    ran, other = uuid4(), uuid4()
+    store.record_execution(make_execution(task, ran, START + timedelta(seconds=1), stdout="long"))
+    # the other agent skipped that slot while its previous run went on: still a run that ran
+    skipped_there = make_execution(
+        task, other, START + timedelta(seconds=1), status=ExecutionStatus.SKIPPED
+    )
+    store.record_execution(skipped_there)
+    for k in range(2, 302):  # a command that hangs leaves skipped runs behind it
+        status = ExecutionStatus.SKIPPED if k % 2 else ExecutionStatus.MISSED
+        store.record_execution(
+            make_execution(task, ran, START + timedelta(seconds=k), status=status)
+        )
+    [run] = store.recent_runs(task.id, limit=1, ran_only=True)
+    assert run.scheduled_at == START + timedelta(seconds=1)
+    assert {e.agent_id for e in run.executions} == {ran, other}
+    assert len(store.recent_runs(task.id, limit=1000)) == 301

@@ -1,0 +1,396 @@
+"""The OpenAPI 3.1 documents of the server's and the agent's REST APIs, as plain data.
+
+Body schemas are derived from the attrs models and messages (field names, types, which fields
+are required), so that a field added to a model shows up in the document; what the types alone
+do not say (length limits, minimums, the flattened ``TaskCreated``) is added here. The server
+serves :func:`server_openapi` and the agent :func:`agent_openapi` at ``GET /api/v1/openapi.json``;
+a test keeps both in sync with the routes of the apps, another fuzzes the server from it.
+
+Security: every endpoint but ``/healthz`` and the documents themselves takes a bearer token
+(``bearerAuth``). The OpenAPI 3.1 "role names" of a security requirement say which kind of
+token an endpoint accepts: ``admin``, ``read`` (the read-only token), ``agent`` (the credential
+an agent receives at registration), ``join`` (the join token agents register with) and
+``server`` (the credential the server presents to agents). A server started without an admin
+token (loopback only) asks for none.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from .capture import DEFAULT_MAX_OUTPUT_BYTES
+from .frequency import MAX_FREQUENCY_LENGTH, Frequency
+from .messages import (
+    MAX_URL_LENGTH,
+    AgentIdentity,
+    CreateTask,
+    ExecutionReport,
+    RegisterAgent,
+    ScheduleTask,
+)
+from .models import MAX_COMMAND_LENGTH, Agent, AgentOutput, LatestOutput, Task, TaskSpec
+
+#: The OpenAPI version of the documents.
+OPENAPI_VERSION = "3.1.0"
+
+_INT64_MAX = 2**63 - 1
+_SPACE = "[ \\t\\n\\r\\f\\v]"
+#: Any letter case, singular or plural; the interval must also be at most 366 days.
+_FREQUENCY_PATTERN = (
+    f"^{_SPACE}*[Ee][Vv][Ee][Rr][Yy]{_SPACE}+0*[1-9][0-9]*{_SPACE}+"
+    f"([Ss][Ee][Cc][Oo][Nn][Dd]|[Mm][Ii][Nn][Uu][Tt][Ee]|[Hh][Oo][Uu][Rr])[Ss]?{_SPACE}*$"
+)
+_REF = "#/components/schemas/"
+
+#: What the types of the models do not say: limits and formats, by field name (a name means
+#: the same in every model).
+_FIELD_EXTRAS: dict[str, dict[str, Any]] = {
+    "command": {"minLength": 1, "maxLength": MAX_COMMAND_LENGTH},
+    "url": {"maxLength": MAX_URL_LENGTH, "pattern": "^https?://[^/?#]"},
+    "stdout_dropped": {"minimum": 0, "maximum": _INT64_MAX},
+    "stderr_dropped": {"minimum": 0, "maximum": _INT64_MAX},
+}
+
+_FIELD_DOCS: dict[str, str] = {
+    "frequency": "'every <integer> (seconds|minutes|hours)', at most 366 days",
+    "anchor": "fire times are anchor + k × frequency (k ≥ 1)",
+    "server_id": "the reporting agent's id (agents are 'servers' in the original design)",
+    "stdout": f"the tail of the stream; the server keeps at most --max-output-bytes "
+    f"(default {DEFAULT_MAX_OUTPUT_BYTES}) UTF-8 bytes of it",
+    "stdout_dropped": "bytes dropped from the head of stdout",
+    "stderr_dropped": "bytes dropped from the head of stderr",
+}
+
+
+def _type_schema(kind: Any) -> dict[str, Any]:
+    """The JSON schema of one annotated type of the wire format."""
+    if kind is str:
+        return {"type": "string"}
+    if kind is bool:
+        return {"type": "boolean"}
+    if kind is int:
+        return {"type": "integer", "minimum": -(2**63), "maximum": _INT64_MAX}
+    if kind is UUID:
+        return {"type": "string", "format": "uuid"}
+    if kind is datetime:
+        return {"type": "string", "format": "date-time"}
+    if kind is Frequency:
+        return {
+            "type": "string",
+            "maxLength": MAX_FREQUENCY_LENGTH,
+            "pattern": _FREQUENCY_PATTERN,
+            "examples": ["every 30 seconds", "every 1 hour"],
+        }
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return {"type": "string", "enum": [member.value for member in kind]}
+    if isinstance(kind, type) and attrs.has(kind):
+        return {"$ref": _REF + kind.__name__}
+    origin = typing.get_origin(kind)
+    arguments = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_type_schema(argument) for argument in arguments]}
+    if kind is type(None):
+        return {"type": "null"}
+    if origin in (tuple, list) and arguments:
+        return {"type": "array", "items": _type_schema(arguments[0])}
+    raise TypeError(f"no JSON schema for {kind!r}")
+
+
+def model_schema(model: type[Any], *, all_required: bool = False) -> dict[str, Any]:
+    """The JSON schema of an attrs ``model`` as the wire format writes and reads it.
+
+    Fields without a default are required; ``all_required`` makes every field required (for
+    answers, which always carry every field).
+    """
+    fields = attrs.fields(attrs.resolve_types(model))
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for field in fields:
+        schema = _type_schema(field.type) | _FIELD_EXTRAS.get(field.name, {})
+        if field.name in _FIELD_DOCS:
+            schema["description"] = _FIELD_DOCS[field.name]
+        properties[field.name] = schema
+        if all_required or field.default is attrs.NOTHING:
+            required.append(field.name)
+    schema = {"type": "object", "properties": properties, "required": required}
+    if model.__doc__:
+        schema["description"] = model.__doc__.strip().splitlines()[0]
+    return schema
+
+
+def _object(properties: dict[str, Any], description: str = "") -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _error_schema() -> dict[str, Any]:
+    return _object(
+        {
+            "error": _object(
+                {
+                    "code": {"type": "string", "description": "stable, e.g. validation_error"},
+                    "message": {"type": "string"},
+                    "field": {
+                        "type": ["string", "null"],
+                        "description": "the dotted path of the field at fault, if any",
+                    },
+                }
+            )
+        },
+        "every refusal, with a 4xx status (a 500 is a bug)",
+    )
+
+
+_ERRORS = {
+    "400": "not JSON, empty, or the client went away mid-body (invalid_json, client_disconnected)",
+    "401": "no or a wrong bearer token (unauthorized)",
+    "403": "a valid token that may not do this (forbidden)",
+    "404": "no such task / agent / endpoint",
+    "405": "the method is not allowed on this path (method_not_allowed)",
+    "413": "the body is larger than --max-body-bytes (body_too_large)",
+    "422": "JSON, but not a valid body (invalid_body, invalid_string, validation_error)",
+    "500": "a bug: internal_error, never a traceback",
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _operation(
+    summary: str,
+    ok: tuple[str, dict[str, Any]],
+    *,
+    roles: tuple[str, ...] | None,
+    body: dict[str, Any] | None = None,
+    path_parameter: str | None = None,
+    errors: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    status, schema = ok
+    responses = {status: _json(schema, "success")}
+    codes = set(errors) | {"405", "500"}
+    if roles is not None:
+        codes |= {"401", "403"}
+    if body is not None:
+        codes |= {"400", "413", "422"}
+    for code in sorted(codes):
+        responses[code] = _json({"$ref": _REF + "Error"}, _ERRORS[code])
+    if "401" in responses:
+        responses["401"]["headers"] = {
+            "WWW-Authenticate": {"required": True, "schema": {"type": "string"}}
+        }
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if roles is None:
+        operation["security"] = []
+    else:
+        operation["security"] = [{"bearerAuth": [role]} for role in roles]
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    if path_parameter is not None:
+        operation["parameters"] = [
+            {
+                "name": path_parameter,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "format": "uuid"},
+            }
+        ]
+    return operation
+
+
+def _base(title: str, description: str) -> dict[str, Any]:
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": "1", "description": description},
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Authorization: Bearer <token>; the roles of an "
+                    "operation's security say which tokens it takes (docs/security.md)",
+                }
+            },
+            "schemas": {"Error": _error_schema()},
+        },
+    }
+
+
+def _registered() -> dict[str, Any]:
+    schema = _object({"agent_id": {"type": "string", "format": "uuid"}, "url": {"type": "string"}})
+    schema["properties"]["credentials"] = _object(
+        {
+            "agent_token": {"type": "string", "description": "the agent presents it from now on"},
+            "server_token": {
+                "type": "string",
+                "description": "the server presents it to the agent",
+            },
+        },
+        "issued when the server has a join token: the agent keeps them (mode 0600)",
+    )
+    return schema
+
+
+_OK = {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]}
+_DOCUMENT = {"type": "object", "description": "an OpenAPI 3.1 document"}
+
+
+def server_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the server's REST API (v1)."""
+    document = _base(
+        "taskscheduler server",
+        "Create periodic tasks, read their latest output; agents register, heartbeat and "
+        "report executions here.",
+    )
+    ref = {name: {"$ref": _REF + name} for name in ("Task", "Agent", "LatestOutput")}
+    created = {
+        "allOf": [
+            ref["Task"],
+            _object({"command_id": {"type": "string", "format": "uuid"}}),
+        ],
+        "description": "the task, with its id also as command_id (the original design's name)",
+    }
+    document["components"]["schemas"] |= {
+        "CreateTask": model_schema(CreateTask),
+        "Task": model_schema(Task, all_required=True),
+        "ExecutionReport": model_schema(ExecutionReport),
+        "RegisterAgent": model_schema(RegisterAgent),
+        "Agent": model_schema(Agent, all_required=True),
+        "AgentOutput": model_schema(AgentOutput) | {"required": ["agent_id"]},
+        "LatestOutput": model_schema(LatestOutput, all_required=True),
+    }
+    agent_id = {"type": "string", "format": "uuid"}
+    document["paths"] = {
+        "/api/v1/tasks/create": {
+            "post": _operation(
+                "Create a periodic task; it is sent to every agent",
+                ("201", created),
+                roles=("admin",),
+                body={"$ref": _REF + "CreateTask"},
+            )
+        },
+        "/api/v1/tasks/{task_id}/latest_output": {
+            "get": _operation(
+                "What every agent printed in the newest complete run of a task",
+                ("200", ref["LatestOutput"]),
+                roles=("admin", "read"),
+                path_parameter="task_id",
+                errors=("404",),
+            )
+        },
+        "/api/v1/tasks/{task_id}/complete": {
+            "post": _operation(
+                "An agent reports one execution (idempotent)",
+                (
+                    "200",
+                    _object({"acknowledged": {"const": True}, "duplicate": {"type": "boolean"}}),
+                ),
+                roles=("agent", "admin"),
+                body={"$ref": _REF + "ExecutionReport"},
+                path_parameter="task_id",
+                errors=("404",),
+            )
+        },
+        "/api/v1/agents/register": {
+            "post": _operation(
+                "An agent says where it listens; the server pushes it its tasks",
+                ("200", _registered()),
+                roles=("join", "agent", "admin"),
+                body={"$ref": _REF + "RegisterAgent"},
+            )
+        },
+        "/api/v1/agents/{agent_id}/heartbeat": {
+            "post": _operation(
+                "An agent says it is alive; 404 asks it to register again",
+                (
+                    "200",
+                    _object({"agent_id": agent_id, "status": {"const": "alive"}}),
+                ),
+                roles=("agent", "admin"),
+                body={"type": "object", "description": "any JSON object ({} will do)"},
+                path_parameter="agent_id",
+                errors=("404",),
+            )
+        },
+        "/api/v1/agents": {
+            "get": _operation(
+                "The agents the server knows, alive or lost",
+                ("200", _object({"agents": {"type": "array", "items": ref["Agent"]}})),
+                roles=("admin", "read"),
+            )
+        },
+        "/healthz": {"get": _operation("The server is up", ("200", _OK), roles=None)},
+        "/api/v1/openapi.json": {
+            "get": _operation("This document", ("200", _DOCUMENT), roles=None)
+        },
+    }
+    return document
+
+
+def agent_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of an agent's REST API (v1), called by the server."""
+    document = _base(
+        "taskscheduler agent",
+        "The server schedules and removes tasks on an agent and compares what it holds.",
+    )
+    document["components"]["schemas"] |= {
+        "ScheduleTask": model_schema(ScheduleTask),
+        "TaskSpec": model_schema(TaskSpec, all_required=True),
+        "AgentIdentity": model_schema(AgentIdentity, all_required=True),
+    }
+    task_id = {"type": "string", "format": "uuid"}
+    document["paths"] = {
+        "/api/v1/tasks/schedule": {
+            "post": _operation(
+                "Schedule a task, or replace it if changed (idempotent)",
+                ("200", _object({"task_id": task_id, "changed": {"type": "boolean"}})),
+                roles=("server",),
+                body={"$ref": _REF + "ScheduleTask"},
+            )
+        },
+        "/api/v1/tasks": {
+            "get": _operation(
+                "The task specs scheduled on this agent",
+                (
+                    "200",
+                    _object({"tasks": {"type": "array", "items": {"$ref": _REF + "TaskSpec"}}}),
+                ),
+                roles=("server",),
+            )
+        },
+        "/api/v1/tasks/{task_id}": {
+            "delete": _operation(
+                "Stop scheduling a task (idempotent; a running execution finishes)",
+                ("200", _object({"task_id": task_id, "removed": {"type": "boolean"}})),
+                roles=("server",),
+                path_parameter="task_id",
+                errors=("422",),
+            )
+        },
+        "/api/v1/agent": {
+            "get": _operation(
+                "Who this agent is", ("200", {"$ref": _REF + "AgentIdentity"}), roles=None
+            )
+        },
+        "/healthz": {"get": _operation("The agent is up", ("200", _OK), roles=None)},
+        "/api/v1/openapi.json": {
+            "get": _operation("This document", ("200", _DOCUMENT), roles=None)
+        },
+    }
+    return document
