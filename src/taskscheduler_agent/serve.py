@@ -159,6 +159,9 @@ def _hypercorn_config(config: AgentConfig) -> HypercornConfig:
     hypercorn_config.bind = [f"{host}:{config.port}"]
     # Executions are reported elsewhere; per-request access logs would only be noise.
     hypercorn_config.accesslog = None
+    # hypercorn's own messages ("Running on …") through logging, like the server's: the CLI
+    # prints where everything listens itself
+    hypercorn_config.errorlog = logging.getLogger("taskscheduler.agent.http")
     if config.tls_cert is not None and config.tls_key is not None:
         # HTTPS: the bound URL (and so the URL registered with the server) is https://…
         hypercorn_config.certfile = str(config.tls_cert)
