@@ -358,3 +358,140 @@ def bodies_like(kind: type) -> st.SearchStrategy[dict[str, Any]]:
         return body
 
     return bodies()
+
+
+# --- cron expressions and time zones -------------------------------------------------------------
+# (the imports are here rather than at the top so that this section stands on its own)
+
+import functools  # noqa: E402
+
+from taskscheduler_core import Cron, check_timezone, parse_cron  # noqa: E402
+
+__all__ += [
+    "CRON_ZONES",
+    "DST_ZONES",
+    "cron_expressions",
+    "cron_texts",
+    "dst_transitions",
+    "moments_near_dst",
+    "timezone_names",
+    "wall_clock_crons",
+]
+
+#: Zones with daylight saving time, among them one with a 30-minute shift (Lord Howe), one in the
+#: southern hemisphere (Sydney) and one whose summer is 2 hours ahead (Troll).
+DST_ZONES = (
+    "America/New_York",
+    "Europe/London",
+    "Europe/Paris",
+    "Australia/Lord_Howe",
+    "Australia/Sydney",
+    "Antarctica/Troll",
+)
+#: Every zone the cron tests use: the DST zones plus fixed ones (Kolkata is UTC+05:30).
+CRON_ZONES = ("UTC", "Asia/Kolkata", *DST_ZONES)
+
+
+def timezone_names(zones: tuple[str, ...] = CRON_ZONES) -> st.SearchStrategy[str]:
+    return st.sampled_from(zones)
+
+
+@functools.cache
+def dst_transitions(name: str, year: int) -> tuple[datetime, ...]:
+    """The instants (UTC) at which ``name`` changes its UTC offset during ``year``."""
+    zone = check_timezone(name)
+
+    def offset(moment: datetime) -> timedelta | None:
+        return moment.astimezone(zone).utcoffset()
+
+    found: list[datetime] = []
+    moment = datetime(year, 1, 1, tzinfo=UTC)
+    end = datetime(year + 1, 1, 1, tzinfo=UTC)
+    step = timedelta(hours=6)
+    while moment < end:
+        if offset(moment) != offset(moment + step):
+            low, high = moment, moment + step
+            # bisect down to the minute: every offset change since 1970 is on a whole minute
+            while high - low > timedelta(minutes=1):
+                middle = low + (high - low) / 2
+                middle = middle.replace(second=0, microsecond=0)
+                if offset(middle) == offset(low):
+                    low = middle
+                else:
+                    high = middle
+            found.append(high)
+        moment += step
+    return tuple(found)
+
+
+@st.composite
+def moments_near_dst(draw: st.DrawFn, name: str, within: timedelta = timedelta(days=2)) -> datetime:
+    """An instant (UTC, with microseconds) within ``within`` of one of ``name``'s offset changes
+    in 2020-2030, or anywhere in those years for a zone without any."""
+    year = draw(st.integers(min_value=2020, max_value=2030))
+    transitions = dst_transitions(name, year)
+    if not transitions:
+        return draw(utc_datetimes(datetime(year, 1, 1), datetime(year, 12, 31)))
+    change = draw(st.sampled_from(transitions))
+    micros = int(within / timedelta(microseconds=1))
+    return change + timedelta(microseconds=draw(st.integers(min_value=-micros, max_value=micros)))
+
+
+def _values(low: int, high: int) -> st.SearchStrategy[str]:
+    """One cron field over ``low..high``: a value, a range, a list, a step, or a star."""
+    value = st.integers(min_value=low, max_value=high)
+    ranges = st.tuples(value, value).map(sorted).map(lambda pair: f"{pair[0]}-{pair[1]}")
+    steps = st.integers(min_value=1, max_value=high - low + 1)
+    lists = st.lists(value, min_size=2, max_size=4, unique=True).map(
+        lambda items: ",".join(map(str, items))
+    )
+    return st.one_of(
+        value.map(str),
+        ranges,
+        lists,
+        st.tuples(ranges, steps).map(lambda pair: f"{pair[0]}/{pair[1]}"),
+        st.just("*"),
+        steps.map(lambda step: f"*/{step}"),
+    )
+
+
+@st.composite
+def cron_expressions(draw: st.DrawFn, *, days: bool = True) -> Cron:
+    """Valid cron expressions: aliases and 5 fields mixing every syntax cronsim reads.
+
+    Days of the month stop at 28 so that every expression fires; ``days=False`` leaves the three
+    day fields at ``*`` (every day), which keeps year-long iterations short.
+    """
+    if days and draw(st.integers(min_value=0, max_value=9)) == 0:
+        return parse_cron(draw(st.sampled_from(["@hourly", "@daily", "@weekly", "@monthly"])))
+    minute = draw(_values(0, 59))
+    hour = draw(_values(0, 23))
+    if not days:
+        return parse_cron(f"{minute} {hour} * * *")
+    day = draw(st.sampled_from(["*", "L"]) | _values(1, 28))
+    month = draw(st.sampled_from(["*", "JAN-JUN", "*/3"]) | _values(1, 12))
+    weekday = draw(st.sampled_from(["*", "MON-FRI", "SUN", "5L", "1#2"]) | _values(0, 7))
+    if day.startswith("*") and ("#" in weekday or weekday.endswith("L")):
+        # A star day field means "and": "*/14 and 2nd Monday" never happens.
+        day = "*"
+    return parse_cron(f"{minute} {hour} {day} {month} {weekday}")
+
+
+def wall_clock_crons() -> st.SearchStrategy[Cron]:
+    """Expressions that fire on every matching instant (minute or hour field starts with ``*``),
+    with every day allowed."""
+    return cron_expressions(days=False).filter(lambda cron: not cron.fixed_time)
+
+
+@st.composite
+def cron_texts(draw: st.DrawFn, cron: Cron | None = None) -> str:
+    """A spelling of ``cron`` (or of any expression) that parses back to it: any whitespace
+    around and between the fields, any case for an alias."""
+    if cron is None:
+        cron = draw(cron_expressions())
+    space = st.text(alphabet=" \t\n", max_size=3)
+    gap = st.text(alphabet=" \t", min_size=1, max_size=3)
+    if cron.expression.startswith("@"):
+        return draw(space) + _random_case(draw, cron.expression) + draw(space)
+    fields = cron.expression.split()
+    return draw(space) + "".join(field + draw(gap) for field in fields[:-1]) + fields[-1]

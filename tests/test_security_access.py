@@ -62,6 +62,8 @@ class World:
     task_id: str
     spec: dict[str, Any]
     tokens: dict[str, str | None]
+    #: A task of its own for the rows that delete (the admin's call succeeds).
+    doomed_id: str = ""
 
 
 def report_of(agent_id: uuid.UUID) -> dict[str, Any]:
@@ -127,6 +129,92 @@ ROWS = [
         expect(403, agent=200, **UNKNOWN),
         body=lambda w: {"agent_id": str(w.agent_id), "url": w.agent_url},
     ),
+    Row(
+        "server",
+        "POST",
+        "/api/v1/tasks",
+        lambda w: "/api/v1/tasks",
+        expect(403, admin=201, **UNKNOWN),
+        body=lambda w: {"command": "true", "frequency": "@daily", "name": "matrix"},
+    ),
+    Row(
+        "server",
+        "GET",
+        "/api/v1/tasks",
+        lambda w: "/api/v1/tasks?state=all&limit=5",
+        expect(403, read=200, admin=200, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "GET",
+        "/api/v1/tasks/{task_id}",
+        lambda w: f"/api/v1/tasks/{w.task_id}",
+        expect(403, read=200, admin=200, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "PATCH",
+        "/api/v1/tasks/{task_id}",
+        lambda w: f"/api/v1/tasks/{w.task_id}",
+        expect(403, admin=200, **UNKNOWN),
+        body=lambda w: {"name": "renamed by the admin"},
+    ),
+    Row(
+        "server",
+        "POST",
+        "/api/v1/tasks/{task_id}/pause",
+        lambda w: f"/api/v1/tasks/{w.task_id}/pause",
+        expect(403, admin=200, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "POST",
+        "/api/v1/tasks/{task_id}/resume",
+        lambda w: f"/api/v1/tasks/{w.task_id}/resume",
+        expect(403, admin=200, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "POST",
+        "/api/v1/tasks/{task_id}/run",
+        lambda w: f"/api/v1/tasks/{w.task_id}/run",
+        expect(403, admin=202, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "GET",
+        "/api/v1/tasks/{task_id}/runs",
+        lambda w: f"/api/v1/tasks/{w.task_id}/runs",
+        expect(403, read=200, admin=200, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "GET",
+        "/api/v1/tasks/{task_id}/executions",
+        lambda w: f"/api/v1/tasks/{w.task_id}/executions?limit=3",
+        expect(403, read=200, admin=200, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "DELETE",
+        "/api/v1/tasks/{task_id}",
+        lambda w: f"/api/v1/tasks/{w.doomed_id}",
+        expect(403, admin=200, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "DELETE",
+        "/api/v1/tasks/{task_id}",
+        lambda w: f"/api/v1/tasks/{w.doomed_id}?purge=true",
+        expect(403, admin=204, **UNKNOWN),
+    ),
+    Row(
+        "server",
+        "GET",
+        "/api/v1/agents/{agent_id}",
+        lambda w: f"/api/v1/agents/{w.agent_id}",
+        expect(403, read=200, admin=200, **UNKNOWN),
+    ),
     # A new agent joins with the join token (or the admin's); agents cannot mint others.
     Row(
         "server",
@@ -154,6 +242,14 @@ ROWS = [
         "/api/v1/tasks/{task_id}",
         lambda w: f"/api/v1/tasks/{uuid.UUID(int=2)}",
         expect(401, server=200),
+    ),
+    Row(
+        "agent",
+        "POST",
+        "/api/v1/tasks/{task_id}/run",
+        lambda w: f"/api/v1/tasks/{w.task_id}/run",
+        expect(401, server=202),
+        body=lambda w: {"scheduled_at": "2026-01-01T00:00:00Z"},
     ),
 ]
 
@@ -242,6 +338,12 @@ async def test_every_endpoint_answers_every_caller_as_the_matrix_says(tmp_path: 
             await wait_for(both_reported, "both agents' reports")
             server_headers = {"Authorization": f"Bearer {mine['server_token']}"}
             listing = await http.get(f"{first.url}/api/v1/tasks", headers=server_headers)
+            doomed = await http.post(
+                f"{server_url}/api/v1/tasks",
+                json={"command": "true", "frequency": "every 1 hour"},
+                headers=admin,
+            )
+            assert doomed.status_code == 201, doomed.text
             world = World(
                 server_url=server_url,
                 agent_url=first.url,
@@ -250,6 +352,7 @@ async def test_every_endpoint_answers_every_caller_as_the_matrix_says(tmp_path: 
                 task_id=task_id,
                 spec=listing.json()["tasks"][0],
                 tokens=tokens,
+                doomed_id=doomed.json()["id"],
             )
 
             failures = []

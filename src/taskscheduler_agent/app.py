@@ -8,23 +8,28 @@
 - ``DELETE /api/v1/tasks/{task_id}`` — ``200 {"task_id": ..., "removed": bool}``: stop
   scheduling the task (a running execution finishes and is reported). Idempotent: an unknown id
   is ``removed: false``; an id that is not a UUID is 422 ``validation_error``.
-- ``GET /api/v1/agent`` — :class:`~taskscheduler_core.AgentIdentity`.
+- ``POST /api/v1/tasks/{task_id}/run`` — body :class:`~taskscheduler_core.RunTaskNow`; answers
+  ``202 {}`` once the manual run is under way (its execution is reported as usual, with trigger
+  ``manual``). Idempotent: the same ``scheduled_at`` twice is one execution. A task not
+  scheduled here is 404 ``task_not_found``.
+- ``GET /api/v1/agent`` — :class:`~taskscheduler_core.AgentIdentity`, with the agent's labels.
 - ``GET /healthz`` — ``{"status": "ok"}`` while the agent serves.
 - ``GET /api/v1/openapi.json`` — the OpenAPI 3.1 document of this API (public).
 
-With a join token (or once it holds credentials) the first three answer only the server:
+With a join token (or once it holds credentials) the task endpoints answer only the server:
 ``Authorization: Bearer <the server's token>``, else 401 ``unauthorized`` (docs/security.md).
 
 Every refusal is ``{"error": {"code", "message", "field"}}`` with a 4xx status and the codes
 of the server's API (docs/api.md): ``invalid_json`` and ``client_disconnected`` (400),
-``not_found`` (404), ``method_not_allowed`` (405), ``body_too_large`` (413), ``invalid_body``
-(422, not an object), ``invalid_string`` (422, a lone surrogate) and ``validation_error`` (422,
-with the field at fault).
+``not_found`` and ``task_not_found`` (404), ``method_not_allowed`` (405), ``body_too_large``
+(413), ``invalid_body`` (422, not an object), ``invalid_string`` (422, a lone surrogate) and
+``validation_error`` (422, with the field at fault).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TypeVar
 from uuid import UUID
 
@@ -38,6 +43,7 @@ from taskscheduler_core import (
     AUTHENTICATE_HEADERS,
     AgentIdentity,
     BodyReader,
+    RunTaskNow,
     ScheduleTask,
     agent_openapi,
     client_disconnected,
@@ -65,8 +71,9 @@ def create_app(
     agent_id: UUID,
     version: str = core_version,
     keys: AgentKeys | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Starlette:
-    """The agent's ASGI app, scheduling into ``engine``.
+    """The agent's ASGI app, scheduling into ``engine``; ``labels`` are the agent's own.
 
     With ``keys`` that hold (or expect) credentials, the scheduling endpoints accept only the
     server's token (401 ``unauthorized`` otherwise); the identity and health stay public.
@@ -91,18 +98,26 @@ def create_app(
 
     async def remove_task(request: Request) -> Response:
         from_server(request)
-        text = request.path_params["task_id"]
-        try:
-            task_id = UUID(text)
-        except ValueError:
-            raise ApiError(
-                422, "validation_error", f"invalid UUID {text[:64]!r}", field="task_id"
-            ) from None
+        task_id = _task_id(request)
         removed = await engine.remove_task(task_id)
         return JSONResponse({"task_id": str(task_id), "removed": removed})
 
+    async def run_task(request: Request) -> Response:
+        from_server(request)
+        task_id = _task_id(request)
+        body = await _read_body(request, RunTaskNow)
+        if not await engine.run_now(task_id, body.scheduled_at):
+            raise ApiError(
+                404, "task_not_found", f"task {task_id} is not scheduled here", field="task_id"
+            )
+        return JSONResponse({}, status_code=202)
+
+    identity_body = unstructure(
+        AgentIdentity(agent_id=agent_id, version=version, labels=labels or {})
+    )
+
     async def identity(request: Request) -> Response:
-        return JSONResponse(unstructure(AgentIdentity(agent_id=agent_id, version=version)))
+        return JSONResponse(identity_body)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -115,6 +130,7 @@ def create_app(
             Route("/api/v1/tasks/schedule", schedule, methods=["POST"]),
             Route("/api/v1/tasks", list_tasks, methods=["GET"]),
             Route("/api/v1/tasks/{task_id}", remove_task, methods=["DELETE"]),
+            Route("/api/v1/tasks/{task_id}/run", run_task, methods=["POST"]),
             Route("/api/v1/agent", identity, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/api/v1/openapi.json", openapi, methods=["GET"]),
@@ -125,6 +141,16 @@ def create_app(
             Exception: _internal_error,
         },
     )
+
+
+def _task_id(request: Request) -> UUID:
+    text = request.path_params["task_id"]
+    try:
+        return UUID(text)
+    except ValueError:
+        raise ApiError(
+            422, "validation_error", f"invalid UUID {text[:64]!r}", field="task_id"
+        ) from None
 
 
 async def _read_body(request: Request, kind: type[T]) -> T:

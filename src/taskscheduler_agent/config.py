@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
-from taskscheduler_core import DEFAULT_MAX_OUTPUT_BYTES
+from taskscheduler_core import DEFAULT_MAX_OUTPUT_BYTES, WireError
+from taskscheduler_core.options import check_labels, label_dict
 
 from .errors import AgentConfigError
 from .tls import check_ca, check_pair, client_ssl_context
@@ -42,6 +44,15 @@ def _url(instance: object, attribute: attrs.Attribute[str | None], value: str | 
         raise AgentConfigError(
             f"must be an http:// or https:// URL, got {value!r}", field=attribute.name, value=value
         )
+
+
+def _labels(
+    instance: object, attribute: attrs.Attribute[dict[str, str]], value: Mapping[str, str]
+) -> None:
+    try:
+        check_labels(instance, attribute, value)
+    except WireError as error:
+        raise AgentConfigError(error.message, field="labels", value=dict(value)) from None
 
 
 def _optional_path(value: str | Path | None) -> Path | None:
@@ -100,6 +111,11 @@ class AgentConfig:
     #: Mutual TLS: the client certificate and key the agent presents to the server.
     tls_client_cert: Path | None = attrs.field(default=None, converter=_optional_path)
     tls_client_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: What this agent declares about itself (``role=web``): sent at registration, shown in
+    #: ``GET /api/v1/agent``; a task's ``targets`` may select agents by them.
+    labels: dict[str, str] = attrs.field(
+        factory=dict, converter=label_dict, validator=_labels, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         check_pair(self.tls_cert, self.tls_key, what="tls_cert/tls_key")

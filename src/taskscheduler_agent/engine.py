@@ -1,15 +1,21 @@
 """The scheduling loop: the trio side of the core's sans-IO :class:`~taskscheduler_core.Scheduler`.
 
 The scheduler decides; the engine sleeps until its next deadline (or until a task is added or
-changed), polls it, and carries out what it returns: a ``StartExecution`` runs the command in
-the engine's nursery, a ``SkipExecution`` becomes a skipped / missed execution without a
-process. Every finished execution is handed to ``deliver`` (the reporter, in the agent).
+changed), polls it, and carries out what it returns: a ``StopExecution`` kills the process group
+of one running execution (it ran past its ``timeout``, or ``overlap: replace`` replaced it), a
+``StartExecution`` runs the command in the engine's nursery (a first attempt, a retry, or a
+manual run), a ``SkipExecution`` becomes a skipped / missed execution without a process. Every
+finished execution is handed to ``deliver`` (the reporter, in the agent), with its ``attempt``,
+``trigger`` and whether it is ``final`` (no retry follows).
+
+Running executions are keyed by ``(task_id, scheduled_at)``: with ``overlap: allow`` several
+executions of one task run at once, one per fire time.
 
 With a :class:`ScheduleStore` (the agent's state file) every change is durable before it takes
 effect: a task is saved before the schedule request is answered, and each poll's slots are
 marked taken, with a ``running`` record for each command, before any command starts. So a
 restart resumes every task after the last slot acted on (:meth:`Engine.restore`), and no slot
-is run twice.
+is run twice. Retries wait in memory only: one pending when the agent stops is not run.
 
 Stopping: :meth:`Engine.stop` is the graceful way (nothing new starts, running commands get
 ``kill_grace`` seconds, then their groups are killed and they are recorded as ``error``);
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -38,9 +45,11 @@ from taskscheduler_core import (
     ScheduleTask,
     SkipExecution,
     StartExecution,
+    StopExecution,
     TaskSpec,
+    Trigger,
     format_time,
-    next_slot_after,
+    next_fire_after,
 )
 
 from .clock import WallClock
@@ -58,6 +67,12 @@ Deliver = Callable[[Execution], Awaitable[None]]
 #: What the stderr of a command killed by a graceful shutdown ends with.
 KILLED_ON_SHUTDOWN = "taskscheduler: killed: the agent shut down\n"
 
+#: How many manual runs the engine remembers in memory, so that a repeated request for the same
+#: time starts nothing (the state file remembers them across restarts).
+MANUAL_RUNS_REMEMBERED = 10_000
+
+_Slot = tuple[UUID, datetime]
+
 
 class ScheduleStore(Protocol):
     """Where the engine keeps its schedules durably (the agent's state file)."""
@@ -73,15 +88,21 @@ class ScheduleStore(Protocol):
     async def begin_slots(
         self,
         last_slots: Mapping[UUID, datetime],
-        starting: Sequence[tuple[UUID, datetime]],
+        starting: Sequence[StartExecution],
         *,
         started_at: datetime,
     ) -> None:
         """Mark each task's slots up to ``last_slots`` taken, and ``starting`` as running."""
         ...
 
-    async def process_started(self, task_id: UUID, scheduled_at: datetime, pid: int) -> None:
+    async def process_started(
+        self, task_id: UUID, scheduled_at: datetime, pid: int, *, attempt: int = 1
+    ) -> None:
         """Note the process group (led by ``pid``) of a running execution."""
+        ...
+
+    async def executed(self, task_id: UUID, scheduled_at: datetime) -> bool:
+        """Whether an execution of the task for ``scheduled_at`` runs or was recorded."""
         ...
 
 
@@ -97,23 +118,49 @@ class _NoStore:
     async def begin_slots(
         self,
         last_slots: Mapping[UUID, datetime],
-        starting: Sequence[tuple[UUID, datetime]],
+        starting: Sequence[StartExecution],
         *,
         started_at: datetime,
     ) -> None:
         pass
 
-    async def process_started(self, task_id: UUID, scheduled_at: datetime, pid: int) -> None:
+    async def process_started(
+        self, task_id: UUID, scheduled_at: datetime, pid: int, *, attempt: int = 1
+    ) -> None:
         pass
+
+    async def executed(self, task_id: UUID, scheduled_at: datetime) -> bool:
+        return False
+
+
+@attrs.define(eq=False)
+class _Running:
+    """One execution running in the engine's nursery, and how it is to be stopped."""
+
+    start: StartExecution
+    stop: trio.Event = attrs.field(factory=trio.Event)
+    #: Set when it is stopped: the status it is reported with, and why (ends its stderr).
+    stop_status: ExecutionStatus | None = None
+    stop_note: str = ""
+    #: Stopped by a shutdown: no retry follows, whatever the task's ``retries``.
+    shutdown: bool = False
+
+    def kill(self, status: ExecutionStatus, note: str, *, shutdown: bool = False) -> None:
+        if self.stop_status is None:  # the first reason wins: it is what the scheduler saw
+            self.stop_status = status
+            self.stop_note = note
+            self.shutdown = shutdown
+        self.stop.set()
 
 
 class Engine:
     """Runs every task of this agent at its fire times; :meth:`run` is the loop.
 
-    ``env`` is the environment commands inherit (default: the agent's own, read once here);
-    the ``TSCHED_*`` variables are added per execution. ``store`` keeps the schedules durably
-    (default: nowhere). ``kill_grace`` is how long :meth:`stop` lets running commands finish.
-    Build it inside ``trio.run``, since the clock is trio's.
+    ``env`` is the environment commands inherit (default: the agent's own, read once here); a
+    task's ``env`` is laid over it, and the ``TSCHED_*`` variables over both. ``max_output_bytes``
+    caps each stream of a task that sets no cap of its own. ``store`` keeps the schedules
+    durably (default: nowhere). ``kill_grace`` is how long :meth:`stop` lets running commands
+    finish. Build it inside ``trio.run``, since the clock is trio's.
     """
 
     def __init__(
@@ -140,7 +187,13 @@ class Engine:
         # One change of the task set at a time: each is saved, then applied.
         self._changing = trio.Lock()
         self._stopping = False
-        self._kill = trio.Event()  # set when the grace is over: running commands are killed
+        self._killed = False  # the grace is over: running commands are killed
+        self._running: dict[_Slot, _Running] = {}
+        # Stops for executions the scheduler started but the engine has not yet (a poll waiting
+        # for the lock while a manual run replaces what it polled): applied when they start.
+        self._early_stops: dict[_Slot, StopExecution] = {}
+        self._manual_runs: OrderedDict[_Slot, None] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
         self._executing = 0
         self._idle = trio.Event()  # set by the last execution to end once stopping
         self._stopped = trio.Event()
@@ -148,6 +201,13 @@ class Engine:
     def tasks(self) -> list[TaskSpec]:
         """Every task scheduled here, ordered by id."""
         return sorted(self.scheduler.tasks.values(), key=lambda spec: str(spec.task_id))
+
+    def running(self) -> list[StartExecution]:
+        """The executions running now, oldest fire time first."""
+        return sorted(
+            (running.start for running in self._running.values()),
+            key=lambda start: (start.scheduled_at, str(start.task.task_id)),
+        )
 
     def restore(self, spec: TaskSpec, *, after: datetime) -> None:
         """Resume a saved task from the first fire time after ``after`` (its last slot acted
@@ -161,7 +221,8 @@ class Engine:
         Raises :class:`TaskRejected` for an anchor whose fire times overflow the calendar.
 
         A changed spec replaces the old one; an execution of the old one that is running
-        finishes and is reported. The spec is saved before it is scheduled.
+        finishes and is reported. A paused spec is kept and fires nothing; the spec that
+        resumes it fires from its next slot on. The spec is saved before it is scheduled.
         """
         async with self._changing:
             return await self._add_task(spec)
@@ -173,14 +234,20 @@ class Engine:
         try:
             # Checked before the scheduler sees it: a task it cannot compute a fire time for
             # must be refused, not half-added.
-            next_slot_after(spec.anchor, spec.frequency, now)
-        except OverflowError:
+            next_fire_after(spec.frequency, anchor=spec.anchor, timezone=spec.timezone, moment=now)
+        except (OverflowError, ValueError):
             raise TaskRejected(
                 "the task's fire times fall outside the supported range of dates", field="anchor"
             ) from None
         await self._store.save_schedule(spec, since=now)
         self.scheduler.add_task(spec, after=now)
-        logger.info("scheduled task %s: %s %r", spec.task_id, spec.frequency, spec.command[:200])
+        logger.info(
+            "scheduled task %s%s: %s %r",
+            spec.task_id,
+            " (paused)" if spec.paused else "",
+            spec.frequency,
+            spec.command[:200],
+        )
         self._wake.set()
         return True
 
@@ -188,18 +255,20 @@ class Engine:
         """Carry out a schedule request: the spec now scheduled, and whether it changed.
 
         A request without an anchor (the original design's three fields) is anchored at
-        receipt, but only the first time: sending the same task again must not move its fire
-        times, or the endpoint would not be idempotent.
+        receipt, but only the first time, and again only when its frequency or time zone
+        changes: sending the same task again must not move its fire times, or the endpoint
+        would not be idempotent.
         """
         async with self._changing:
             current = self.scheduler.tasks.get(request.task_id)
             if (
                 request.anchor is None
                 and current is not None
-                and (current.command, current.frequency) == (request.command, request.frequency)
+                and (current.frequency, current.timezone) == (request.frequency, request.timezone)
             ):
-                return current, False
-            spec = request.spec(received_at=self.clock.now())
+                spec = request.spec(received_at=current.anchor)
+            else:
+                spec = request.spec(received_at=self.clock.now())
             return spec, await self._add_task(spec)
 
     async def remove_task(self, task_id: UUID) -> bool:
@@ -216,6 +285,33 @@ class Engine:
             self._wake.set()
         return scheduled
 
+    async def run_now(self, task_id: UUID, scheduled_at: datetime) -> bool:
+        """Run ``task_id`` now, by hand, as the execution for ``scheduled_at`` (trigger manual).
+
+        The task's overlap rule applies, as to a slot; a paused task runs too. Idempotent: a
+        second request for the same time starts nothing. Returns ``False`` for a task not
+        scheduled here. A stopping agent starts nothing.
+        """
+        async with self._changing:
+            if task_id not in self.scheduler.tasks:
+                return False
+            slot = (task_id, scheduled_at)
+            if self._stopping or self._nursery is None:
+                logger.warning("task %s: manual run refused: the agent is stopping", task_id)
+                return True
+            if slot in self._manual_runs or await self._store.executed(task_id, scheduled_at):
+                return True
+            self._manual_runs[slot] = None
+            while len(self._manual_runs) > MANUAL_RUNS_REMEMBERED:
+                self._manual_runs.popitem(last=False)
+            now = self.clock.now()
+            actions = self.scheduler.run_now(task_id, scheduled_at, now=now)
+            self._stop_now(actions)
+            logger.info("task %s: manual run for %s", task_id, format_time(scheduled_at))
+            await self._act_on_current(self._nursery, actions, now)
+        self._wake.set()  # a timeout may now be the next deadline
+        return True
+
     async def stop(self) -> None:
         """Stop gracefully and wait until :meth:`run` has returned.
 
@@ -231,6 +327,7 @@ class Engine:
         nursery. Cancelling it kills the process groups of the commands still running."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 task_status.started()
                 await self._schedule_until_stopped(nursery)
                 if self._executing:
@@ -241,8 +338,11 @@ class Engine:
                     )
                     with trio.move_on_after(self.kill_grace):
                         await self._idle.wait()
-                self._kill.set()
+                self._killed = True
+                for running in self._running.values():
+                    running.kill(ExecutionStatus.ERROR, KILLED_ON_SHUTDOWN, shutdown=True)
         finally:
+            self._nursery = None
             self._stopped.set()
 
     async def _schedule_until_stopped(self, nursery: trio.Nursery) -> None:
@@ -267,7 +367,20 @@ class Engine:
                 # We slept until the deadline, so it has come; this makes sure a float
                 # rounding can never leave it "not yet due" and spin this loop.
                 now = max(now, deadline)
-            await self._act(nursery, self.scheduler.poll(now), now)
+            actions = self.scheduler.poll(now)
+            # At once, with no checkpoint since the poll: an execution the scheduler now sees
+            # as stopped must not be able to finish first and be reported as if it was not.
+            self._stop_now(actions)
+            await self._act(nursery, actions, now)
+
+    def _stop_now(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, StopExecution):
+                running = self._running.get((action.task_id, action.scheduled_at))
+                if running is None:
+                    self._early_stops[(action.task_id, action.scheduled_at)] = action
+                else:
+                    _stop(running, action)
 
     async def _act(self, nursery: trio.Nursery, actions: Sequence[Action], now: datetime) -> None:
         # Under the same lock as add/remove: a task removed while this awaits its writes (a
@@ -279,57 +392,84 @@ class Engine:
         self, nursery: trio.Nursery, actions: Sequence[Action], now: datetime
     ) -> None:
         current = self.scheduler.tasks
+        starts_and_skips: list[StartExecution | SkipExecution] = []
         for action in actions:
-            if action.task.task_id not in current and isinstance(action, StartExecution):
+            if isinstance(action, StopExecution):
+                continue  # carried out by _stop_now
+            if action.task.task_id in current:
+                starts_and_skips.append(action)
+            elif isinstance(action, StartExecution):
                 # polled before its removal: release the slot the scheduler marked running
+                self._early_stops.pop((action.task.task_id, action.scheduled_at), None)
                 self.scheduler.record_finished(action.task.task_id, action.scheduled_at)
-        actions = [action for action in actions if action.task.task_id in current]
-        if not actions:
+        if not starts_and_skips:
             return
         # Skips are recorded first: if the agent dies before the slots are marked taken, the
         # next start acts on them again, and recording a skip twice is one record.
-        for action in actions:
+        for action in starts_and_skips:
             if isinstance(action, SkipExecution):
                 await self._skip(action, now)
-        starts = [action for action in actions if isinstance(action, StartExecution)]
+        starts = [action for action in starts_and_skips if isinstance(action, StartExecution)]
+        # Only the fire times of the schedule move a task's last slot: a retry or a manual run
+        # is for a time already acted on, or for no slot at all.
         last_slots: dict[UUID, datetime] = {}
-        for action in actions:
-            last_slots[action.task.task_id] = action.scheduled_at  # sorted: the last is newest
-        await self._store.begin_slots(
-            last_slots,
-            [(start.task.task_id, start.scheduled_at) for start in starts],
-            started_at=now,
-        )
+        for action in starts_and_skips:
+            first = not isinstance(action, StartExecution) or action.attempt == 1
+            if action.trigger is Trigger.SCHEDULE and first:
+                task_id = action.task.task_id
+                last_slots[task_id] = max(
+                    action.scheduled_at, last_slots.get(task_id, action.scheduled_at)
+                )
+        await self._store.begin_slots(last_slots, starts, started_at=now)
         for start in starts:
+            running = _Running(start=start)
+            slot = (start.task.task_id, start.scheduled_at)
+            self._running[slot] = running
+            early = self._early_stops.pop(slot, None)
+            if early is not None:
+                _stop(running, early)
             self._executing += 1
-            nursery.start_soon(self._execute, start.task, start.scheduled_at)
+            nursery.start_soon(self._execute, running)
 
-    async def _execute(self, spec: TaskSpec, scheduled_at: datetime) -> None:
+    async def _execute(self, running: _Running) -> None:
         try:
-            await self._execute_and_deliver(spec, scheduled_at)
+            await self._execute_and_deliver(running)
         finally:
             self._executing -= 1
             if self._stopping and not self._executing:
                 self._idle.set()
 
-    async def _execute_and_deliver(self, spec: TaskSpec, scheduled_at: datetime) -> None:
+    async def _execute_and_deliver(self, running: _Running) -> None:
+        start = running.start
+        spec, scheduled_at = start.task, start.scheduled_at
         started_at = self.clock.now()
-        env = self._env | {
-            "TSCHED_TASK_ID": str(spec.task_id),
-            "TSCHED_AGENT_ID": str(self.agent_id),
-            "TSCHED_SCHEDULED_AT": format_time(scheduled_at),
-        }
+        # The task's variables over the agent's, ours over both (the core refuses a task env
+        # that names TSCHED_*, and this order makes sure of it).
+        env = (
+            self._env
+            | spec.env
+            | {
+                "TSCHED_TASK_ID": str(spec.task_id),
+                "TSCHED_AGENT_ID": str(self.agent_id),
+                "TSCHED_SCHEDULED_AT": format_time(scheduled_at),
+            }
+        )
+        # A task may ask for less than the agent's cap, never more: the agent's cap is the
+        # operator's bound on memory per execution.
+        cap = self.max_output_bytes
+        if spec.max_output_bytes is not None:
+            cap = min(cap, spec.max_output_bytes)
 
         async def started(pid: int) -> None:
-            await self._store.process_started(spec.task_id, scheduled_at, pid)
+            await self._store.process_started(
+                spec.task_id, scheduled_at, pid, attempt=start.attempt
+            )
 
+        if self._killed:  # started in the instant the grace ran out
+            running.kill(ExecutionStatus.ERROR, KILLED_ON_SHUTDOWN, shutdown=True)
         try:
             result = await run_command(
-                spec.command,
-                env=env,
-                max_output_bytes=self.max_output_bytes,
-                stop=self._kill,
-                on_start=started,
+                spec.command, env=env, max_output_bytes=cap, stop=running.stop, on_start=started
             )
         except Exception as error:
             # A bug in running one command must not take the agent (and every other task)
@@ -340,30 +480,54 @@ class Engine:
                 exit_code=None,
                 stderr=f"taskscheduler: the agent failed to run the command: {error!r}\n",
             )
-        finally:
-            self.scheduler.record_finished(spec.task_id, scheduled_at)
-        if result.stopped:
+        except BaseException:
+            # Cancelled (an abrupt stop): the group is killed, nothing is recorded; the
+            # scheduler must still let go of the slot.
+            self._finished(running, result=None)
+            raise
+        if running.stop_status is not None:
+            # Stopped by the scheduler (timeout, replaced) or by the shutdown: reported with
+            # that status even if the command ended by itself in the same instant, since that
+            # is the status the scheduler decided its retries on.
             separator = "" if not result.stderr or result.stderr.endswith("\n") else "\n"
             result = attrs.evolve(
                 result,
-                status=ExecutionStatus.ERROR,
-                stderr=f"{result.stderr}{separator}{KILLED_ON_SHUTDOWN}",
+                status=running.stop_status,
+                stderr=f"{result.stderr}{separator}{running.stop_note}",
             )
+        final = self._finished(running, result=result)
         await self._deliver(
             Execution(
                 task_id=spec.task_id,
                 agent_id=self.agent_id,
                 scheduled_at=scheduled_at,
                 started_at=started_at,
-                finished_at=self.clock.now(),
+                finished_at=max(self.clock.now(), started_at),
                 status=result.status,
                 exit_code=result.exit_code,
                 stdout=result.stdout,
                 stderr=result.stderr,
                 stdout_dropped=result.stdout_dropped,
                 stderr_dropped=result.stderr_dropped,
+                attempt=start.attempt,
+                trigger=start.trigger,
+                final=final,
             )
         )
+
+    def _finished(self, running: _Running, *, result: CommandResult | None) -> bool:
+        """Tell the scheduler the execution ended; whether that attempt is final."""
+        start = running.start
+        slot = (start.task.task_id, start.scheduled_at)
+        if self._running.get(slot) is running:
+            del self._running[slot]
+        if result is None or running.shutdown:
+            # no ``now``: the scheduler schedules no retry (the agent is going away)
+            self.scheduler.record_finished(*slot, ExecutionStatus.ERROR)
+            return True
+        final = self.scheduler.record_finished(*slot, result.status, now=self.clock.now())
+        self._wake.set()  # a retry may now be the next deadline
+        return final
 
     async def _skip(self, action: SkipExecution, now: datetime) -> None:
         logger.info(
@@ -381,5 +545,17 @@ class Engine:
                 started_at=now,
                 finished_at=now,
                 status=action.status,
+                trigger=action.trigger,
             )
         )
+
+
+def _stop(running: _Running, stop: StopExecution) -> None:
+    logger.info(
+        "task %s at %s: stopping it (%s): %s",
+        stop.task_id,
+        format_time(stop.scheduled_at),
+        stop.status.value,
+        stop.reason,
+    )
+    running.kill(stop.status, f"taskscheduler: killed: {stop.reason}\n")

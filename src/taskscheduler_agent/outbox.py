@@ -1,11 +1,14 @@
 """Where executions wait until the server has acknowledged them.
 
-The reporter only needs three operations, so the queue hides behind the small :class:`Outbox`
-protocol. :class:`SqliteOutbox` is the one the agent runs with: the ``outbox`` table of its
-state file, so that reports survive a restart (and a ``SIGKILL``); putting an execution there
-also journals it and ends its ``running`` row, in one transaction. :class:`MemoryOutbox` keeps
-them in memory, for tests and embedders that want no file. The methods are async so that the
-durable one can run its blocking I/O in a thread.
+The reporter only needs a few operations, so the queue hides behind the small :class:`Outbox`
+protocol. It reads the queue a page at a time (:meth:`Outbox.pending_page`): a backlog of a
+long outage, outputs included, is never loaded into memory at once.
+
+:class:`SqliteOutbox` is the one the agent runs with: the ``outbox`` table of its state file, so
+that reports survive a restart (and a ``SIGKILL``); putting an execution there also journals it
+and ends its ``running`` row, in one transaction. :class:`MemoryOutbox` keeps them in memory,
+for tests and embedders that want no file. The methods are async so that the durable one can
+run its blocking I/O in a thread.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ class Outbox(Protocol):
         """Every execution not yet acknowledged, oldest first."""
         ...
 
+    async def pending_page(self, *, after: int, limit: int) -> Sequence[tuple[int, Execution]]:
+        """Up to ``limit`` executions queued after position ``after`` (0: from the start),
+        oldest first, each with its position; replacing an execution keeps its position."""
+        ...
+
     async def acknowledge(self, key: ExecutionKey) -> None:
         """Forget the execution with ``key`` (delivered, or refused for good)."""
         ...
@@ -52,14 +60,21 @@ class MemoryOutbox:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.limit = limit
         self.dropped = 0
-        # dicts keep insertion order: this is the queue, oldest first
-        self._executions: dict[ExecutionKey, Execution] = {}
+        # dicts keep insertion order: this is the queue, oldest first, with increasing positions
+        self._executions: dict[ExecutionKey, tuple[int, Execution]] = {}
+        self._last_position = 0
 
     def __len__(self) -> int:
         return len(self._executions)
 
     async def put(self, execution: Execution) -> None:
-        self._executions[execution.key] = execution
+        kept = self._executions.get(execution.key)
+        if kept is None:
+            self._last_position += 1
+            position = self._last_position
+        else:
+            position = kept[0]
+        self._executions[execution.key] = (position, execution)
         while len(self._executions) > self.limit:
             oldest = next(iter(self._executions))
             del self._executions[oldest]
@@ -72,7 +87,16 @@ class MemoryOutbox:
             )
 
     async def pending(self) -> Sequence[Execution]:
-        return list(self._executions.values())
+        return [execution for _, execution in self._executions.values()]
+
+    async def pending_page(self, *, after: int, limit: int) -> Sequence[tuple[int, Execution]]:
+        page = []
+        for position, execution in self._executions.values():
+            if position > after:
+                page.append((position, execution))
+                if len(page) == limit:
+                    break
+        return page
 
     async def acknowledge(self, key: ExecutionKey) -> None:
         self._executions.pop(key, None)
@@ -94,6 +118,9 @@ class SqliteOutbox:
 
     async def pending(self) -> Sequence[Execution]:
         return await self.state.pending()
+
+    async def pending_page(self, *, after: int, limit: int) -> Sequence[tuple[int, Execution]]:
+        return await self.state.pending_page(after=after, limit=limit)
 
     async def acknowledge(self, key: ExecutionKey) -> None:
         await self.state.acknowledge(key)

@@ -4,8 +4,9 @@ A ``running`` record still in the state file at start is an execution the previo
 agent never finished recording: it was killed (``SIGKILL``, a crash, a power cut) or cancelled
 abruptly. Its command may still run, orphaned: its process group is killed if it is still there
 and still ours (:func:`~taskscheduler_agent.leftovers.kill_leftover_group`), and the execution
-is recorded as ``error``, once: recording it ends the ``running`` record in the same
-transaction. It is not run again: the slot was taken.
+is recorded as ``error``, once, with its attempt and trigger and as final (no retry follows):
+recording it ends the ``running`` record in the same transaction. It is not run again: the slot
+was taken.
 """
 
 from __future__ import annotations
@@ -65,4 +66,8 @@ def _interrupted(
         finished_at=max(now, running.started_at),
         status=ExecutionStatus.ERROR,
         stderr=f"{INTERRUPTED}{' ' if running.process is None else ''}{what}\n",
+        attempt=running.attempt,
+        trigger=running.trigger,
+        # Final: a retry would need the scheduler's state of before the stop, which is gone.
+        final=True,
     )

@@ -13,6 +13,9 @@ Retries are paced twice over:
   also closes a gate for everyone, with its own backoff, so an agent with a long backlog sends
   one probe per period to a server that is down instead of its whole queue. Any answer from
   the server reopens the gate.
+
+The outbox is read a page (:data:`PAGE_SIZE` reports) at a time, oldest first: after a long
+outage it may hold more reports, with their output, than memory does.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence, Set
+from collections.abc import Set
 from typing import NoReturn
 
 import attrs
@@ -39,6 +42,10 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 #: Client errors that are worth retrying: the server asks us to come back later (408, 429), or
 #: does not know our credential yet (401: the registration that brings it is under way).
 _RETRYABLE_CLIENT_ERRORS = frozenset({401, 408, 429})
+
+#: How many reports are read from the outbox at a time: each may carry up to the output cap of
+#: each stream, so a page stays a bounded amount of memory.
+PAGE_SIZE = 32
 
 
 @attrs.define
@@ -62,7 +69,11 @@ class Reporter:
         client: httpx.AsyncClient | None = None,
         backoff: Backoff | None = None,
         request_timeout: float = 10.0,
+        page_size: int = PAGE_SIZE,
     ) -> None:
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        self.page_size = page_size
         self.server_url = server_url.rstrip("/") if server_url else None
         self.outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
         self.backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=30.0)
@@ -105,36 +116,44 @@ class Reporter:
         while True:
             # A fresh event before reading the outbox: a put during the read still wakes us.
             self._wake = trio.Event()
-            pending = [(execution.key, execution) for execution in await self.outbox.pending()]
-            self._forget_gone({key for key, _ in pending})
-            wake_at = await self._deliver_due(client, server_url, pending)
+            wake_at = await self._deliver_due(client, server_url)
             if wake_at is not None:
                 with trio.move_on_at(wake_at):
                     await self._wake.wait()
 
-    async def _deliver_due(
-        self,
-        client: httpx.AsyncClient,
-        server_url: str,
-        pending: Sequence[tuple[ExecutionKey, Execution]],
-    ) -> float | None:
-        """Attempt each due report, oldest first, while the gate is open.
+    async def _deliver_due(self, client: httpx.AsyncClient, server_url: str) -> float | None:
+        """One pass over the outbox, a page at a time: attempt each due report, oldest first,
+        while the gate is open.
 
         Returns ``None`` when it attempted any (the outbox is worth reading again at once),
         else the trio time at which something will be due.
         """
         attempted = False
         earliest = math.inf
-        for key, execution in pending:
-            now = trio.current_time()
-            if now < self._gate_until:
-                return None if attempted else self._gate_until
-            retry = self._retries.get(key)
-            if retry is not None and retry.not_before > now:
-                earliest = min(earliest, retry.not_before)
-                continue
-            await self._attempt(client, server_url, key, execution)
-            attempted = True
+        # Only the keys that have retry state are remembered: the whole outbox may not fit.
+        waiting: set[ExecutionKey] = set()
+        after = 0
+        while True:
+            page = await self.outbox.pending_page(after=after, limit=self.page_size)
+            for position, execution in page:
+                after = position
+                key = execution.key
+                now = trio.current_time()
+                if now < self._gate_until:
+                    return None if attempted else self._gate_until
+                retry = self._retries.get(key)
+                if retry is not None:
+                    waiting.add(key)
+                    if retry.not_before > now:
+                        earliest = min(earliest, retry.not_before)
+                        continue
+                await self._attempt(client, server_url, key, execution)
+                attempted = True
+                if key in self._retries:  # it failed just now
+                    waiting.add(key)
+            if len(page) < self.page_size:
+                break
+        self._forget_gone(waiting)
         return None if attempted else max(earliest, self._gate_until)
 
     async def _attempt(
@@ -206,7 +225,8 @@ class Reporter:
 
     def _forget_gone(self, keys: Set[ExecutionKey]) -> None:
         # Executions can leave the outbox behind our back (a full MemoryOutbox drops its
-        # oldest); their retry state must not outlive them.
+        # oldest); their retry state must not outlive them. ``keys``: the keys with retry
+        # state that a whole pass over the outbox saw.
         for key in [key for key in self._retries if key not in keys]:
             del self._retries[key]
 

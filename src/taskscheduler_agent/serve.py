@@ -110,7 +110,7 @@ async def _run(
     await recover_interrupted(state, reporter.submit, agent_id=agent_id, now=engine.clock.now())
     for saved in await state.schedules():
         engine.restore(saved.spec, after=saved.resume_after)
-    app = create_app(engine=engine, agent_id=agent_id, keys=keys)
+    app = create_app(engine=engine, agent_id=agent_id, keys=keys, labels=config.labels)
     async with trio.open_nursery() as nursery:
         await nursery.start(reporter.run)
         await nursery.start(engine.run)
@@ -131,7 +131,7 @@ async def _run(
                     stay_registered,
                     client,
                     server_url=config.server_url,
-                    registration=RegisterAgent(agent_id=agent_id, url=url),
+                    registration=RegisterAgent(agent_id=agent_id, url=url, labels=config.labels),
                     backoff=Backoff(
                         initial=config.report_backoff_initial,
                         maximum=config.register_backoff_max,

@@ -8,21 +8,28 @@ used by two threads at once).
 The tables (other programs, such as the fault tests, read them with ``sqlite3``):
 
 ``schedules``
-    one row per task scheduled here: its spec (``task_id``, ``command``, ``frequency``,
-    ``anchor``), ``since`` (when this spec was scheduled) and ``last_slot`` (the newest fire
-    time acted on). A restart resumes each task after ``max(since, last_slot)``.
+    one row per task scheduled here: its whole spec as JSON (``spec``: command, frequency,
+    anchor, every option, ``paused``), the main fields again as columns for people reading the
+    file (``task_id``, ``command``, ``frequency``, ``anchor``), ``since`` (when this spec was
+    scheduled) and ``last_slot`` (the newest fire time acted on). A restart resumes each task
+    after ``max(since, last_slot)``.
 ``running``
-    executions started and not yet recorded, with the process group (``pgid``) and what
-    identifies its leader (``start_ticks``, ``boot_id``; see :mod:`.leftovers`). A row left
-    here by a crash is an interrupted execution.
+    executions started and not yet recorded (``task_id``, ``scheduled_at``, ``attempt``,
+    ``trigger``), with the process group (``pgid``) and what identifies its leader
+    (``start_ticks``, ``boot_id``; see :mod:`.leftovers`). A row left here by a crash is an
+    interrupted execution.
 ``outbox``
     executions not yet acknowledged by the server (``body`` is the execution as JSON), in the
-    order they were recorded.
+    order they were recorded; unique on ``(task_id, agent_id, scheduled_at, attempt)``.
 ``journal``
     one row per execution this agent ran or recorded (skipped and missed ones too), kept when
-    the report is delivered: ``task_id``, ``agent_id``, ``scheduled_at``, ``status``,
-    ``exit_code``, ``started_at``, ``finished_at``; unique on ``(task_id, scheduled_at)``.
-    Rows older than :data:`JOURNAL_RETENTION` are pruned.
+    the report is delivered: ``task_id``, ``agent_id``, ``scheduled_at``, ``attempt``,
+    ``trigger``, ``final``, ``status``, ``exit_code``, ``started_at``, ``finished_at``; unique on
+    ``(task_id, scheduled_at, attempt)``. Rows older than :data:`JOURNAL_RETENTION` are pruned.
+
+Schema versions (``PRAGMA user_version``): 1 kept only the three original fields of a spec and
+one attempt per fire time; 2 (issue 5) adds the ``spec`` JSON and the attempt columns. A version
+1 file is upgraded in place, in the transaction that reads its version (:func:`_upgrade_from_1`).
 
 Ids are canonical lowercase UUID strings and times RFC 3339 strings (:func:`format_time`), as on
 the wire; with their fixed width, ordering the strings orders the times.
@@ -53,9 +60,11 @@ import trio
 from taskscheduler_core import (
     Execution,
     ExecutionKey,
+    StartExecution,
     TaskSpec,
+    Trigger,
     format_time,
-    parse_frequency,
+    parse_recurrence,
     parse_time,
     structure,
     unstructure,
@@ -70,8 +79,9 @@ T = TypeVar("T")
 #: The state file, inside the data directory.
 STATE_FILE = "agent.sqlite3"
 
-#: Bumped whenever the tables change shape; a newer file is refused rather than misread.
-SCHEMA_VERSION = 1
+#: Bumped whenever the tables change shape; a newer file is refused rather than misread, an
+#: older one upgraded.
+SCHEMA_VERSION = 2
 
 #: Journal rows whose execution finished longer ago than this (before the newest one recorded)
 #: are deleted; the journal is a record for checks and forensics, not an archive.
@@ -136,6 +146,8 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
         anchor = _TimeField()
         since = _TimeField()
         last_slot = _TimeField(null=True)
+        # The whole TaskSpec as JSON; NULL only in rows written by schema version 1.
+        spec = peewee.TextField(null=True)
 
         class Meta:
             table_name = "schedules"
@@ -147,20 +159,25 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
         pgid = peewee.IntegerField(null=True)
         start_ticks = peewee.BigIntegerField(null=True)
         boot_id = peewee.TextField(null=True)
+        attempt = peewee.IntegerField(default=1)
+        trigger = peewee.TextField(default=Trigger.SCHEDULE.value)
 
         class Meta:
             table_name = "running"
-            indexes = ((("task_id", "scheduled_at"), True),)
+            # attempt too: a retry may start before the report of the attempt before it is
+            # written (which ends that attempt's row)
+            indexes = ((("task_id", "scheduled_at", "attempt"), True),)
 
     class OutboxRow(_Model):
         task_id = _UuidField()
         agent_id = _UuidField()
         scheduled_at = _TimeField()
+        attempt = peewee.IntegerField(default=1)
         body = peewee.TextField()
 
         class Meta:
             table_name = "outbox"
-            indexes = ((("task_id", "agent_id", "scheduled_at"), True),)
+            indexes = ((("task_id", "agent_id", "scheduled_at", "attempt"), True),)
 
     class JournalRow(_Model):
         task_id = _UuidField()
@@ -170,10 +187,13 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
         exit_code = peewee.IntegerField(null=True)
         started_at = _TimeField()
         finished_at = _TimeField(index=True)
+        attempt = peewee.IntegerField(default=1)
+        trigger = peewee.TextField(default=Trigger.SCHEDULE.value)
+        final = peewee.BooleanField(default=True)
 
         class Meta:
             table_name = "journal"
-            indexes = ((("task_id", "scheduled_at"), True),)
+            indexes = ((("task_id", "scheduled_at", "attempt"), True),)
 
     tables = _Tables(ScheduleRow, RunningRow, OutboxRow, JournalRow)
     database.bind(tables.all(), bind_refs=False, bind_backrefs=False)
@@ -197,6 +217,8 @@ class RunningExecution:
     started_at: datetime
     #: The command's process group, ``None`` if the agent stopped before it was saved.
     process: ProcessIdentity | None
+    attempt: int = 1
+    trigger: Trigger = Trigger.SCHEDULE
 
 
 def _create_private(path: Path) -> None:
@@ -207,6 +229,30 @@ def _create_private(path: Path) -> None:
     """
     if str(path) != ":memory:":
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
+#: Schema version 1 → 2, as SQL: new columns (with the defaults every old row had: one
+#: attempt, a scheduled one, final), and the unique indexes that now include the attempt (the
+#: new ones are made by ``create_tables`` right after). Old ``schedules`` rows keep ``spec``
+#: NULL and are read from their three columns.
+_UPGRADE_FROM_1 = (
+    "ALTER TABLE schedules ADD COLUMN spec TEXT",
+    "ALTER TABLE running ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE running ADD COLUMN \"trigger\" TEXT NOT NULL DEFAULT 'schedule'",
+    "ALTER TABLE outbox ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE journal ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE journal ADD COLUMN \"trigger\" TEXT NOT NULL DEFAULT 'schedule'",
+    "ALTER TABLE journal ADD COLUMN final INTEGER NOT NULL DEFAULT 1",
+    "DROP INDEX runningrow_task_id_scheduled_at",
+    "DROP INDEX outboxrow_task_id_agent_id_scheduled_at",
+    "DROP INDEX journalrow_task_id_scheduled_at",
+)
+
+
+def _upgrade_from_1(database: peewee.SqliteDatabase) -> None:
+    """Upgrade a version 1 file in place; the caller's transaction makes it all or nothing."""
+    for statement in _UPGRADE_FROM_1:
+        database.execute_sql(statement)  # type: ignore[no-untyped-call]
 
 
 class AgentState:
@@ -247,6 +293,8 @@ class AgentState:
                     f"{SCHEMA_VERSION}: upgrade the agent",
                     path=self.path,
                 )
+            if version == 1:
+                _upgrade_from_1(self._db)
             self._db.create_tables(self._tables.all(), safe=True)
             self._db.pragma("user_version", SCHEMA_VERSION)
 
@@ -277,6 +325,7 @@ class AgentState:
             "anchor": spec.anchor,
             "since": since,
             "last_slot": None,
+            "spec": json.dumps(unstructure(spec), ensure_ascii=False),
         }
         with self._db.atomic():
             t.schedule.insert(**row).on_conflict(
@@ -287,6 +336,7 @@ class AgentState:
                     t.schedule.anchor,
                     t.schedule.since,
                     t.schedule.last_slot,
+                    t.schedule.spec,
                 ],
             ).execute()
 
@@ -302,12 +352,15 @@ class AgentState:
         t = self._tables
         saved = []
         for row in t.schedule.select().order_by(t.schedule.task_id):
-            spec = TaskSpec(
-                task_id=row.task_id,
-                command=row.command,
-                frequency=parse_frequency(row.frequency),
-                anchor=row.anchor,
-            )
+            if row.spec is not None:
+                spec = structure(json.loads(row.spec), TaskSpec)
+            else:  # a row of schema version 1: the three fields, every option at its default
+                spec = TaskSpec(
+                    task_id=row.task_id,
+                    command=row.command,
+                    frequency=parse_recurrence(row.frequency),
+                    anchor=row.anchor,
+                )
             resume_after = row.since if row.last_slot is None else max(row.since, row.last_slot)
             saved.append(SavedSchedule(spec=spec, resume_after=resume_after))
         return saved
@@ -317,24 +370,36 @@ class AgentState:
     def begin_slots(
         self,
         last_slots: Mapping[UUID, datetime],
-        starting: Sequence[tuple[UUID, datetime]],
+        starting: Sequence[StartExecution],
         *,
         started_at: datetime,
     ) -> None:
         """In one transaction: the newest slot acted on per task, and a ``running`` row for each
-        ``(task_id, scheduled_at)`` about to start."""
+        execution about to start.
+
+        ``last_slot`` only moves forward: a retry or a manual run is for a time at or before it.
+        """
         t = self._tables
         with self._db.atomic():
             for task_id, last_slot in last_slots.items():
-                t.schedule.update(last_slot=last_slot).where(
-                    t.schedule.task_id == task_id
-                ).execute()
-            for task_id, scheduled_at in starting:
+                t.schedule.update(
+                    last_slot=peewee.fn.MAX(
+                        peewee.fn.COALESCE(t.schedule.last_slot, format_time(last_slot)),
+                        format_time(last_slot),
+                    )
+                ).where(t.schedule.task_id == task_id).execute()
+            for start in starting:
                 t.running.insert(
-                    task_id=task_id, scheduled_at=scheduled_at, started_at=started_at
+                    task_id=start.task.task_id,
+                    scheduled_at=start.scheduled_at,
+                    attempt=start.attempt,
+                    trigger=start.trigger.value,
+                    started_at=started_at,
                 ).on_conflict_ignore().execute()
 
-    def process_started(self, task_id: UUID, scheduled_at: datetime, pid: int) -> None:
+    def process_started(
+        self, task_id: UUID, scheduled_at: datetime, pid: int, *, attempt: int = 1
+    ) -> None:
         """Note the process group of a running execution: ``pid`` leads it (see
         :mod:`.leftovers` for why more than the pid is kept)."""
         process = identify(pid)
@@ -343,13 +408,17 @@ class AgentState:
             t.running.update(
                 pgid=process.pid, start_ticks=process.start_ticks, boot_id=process.boot_id
             ).where(
-                (t.running.task_id == task_id) & (t.running.scheduled_at == scheduled_at)
+                (t.running.task_id == task_id)
+                & (t.running.scheduled_at == scheduled_at)
+                & (t.running.attempt == attempt)
             ).execute()
 
     def running(self) -> list[RunningExecution]:
         """Every execution started and not recorded, oldest first."""
         t = self._tables
-        query = t.running.select().order_by(t.running.scheduled_at, t.running.task_id)
+        query = t.running.select().order_by(
+            t.running.scheduled_at, t.running.task_id, t.running.attempt
+        )
         return [
             RunningExecution(
                 task_id=row.task_id,
@@ -360,9 +429,23 @@ class AgentState:
                 else ProcessIdentity(
                     pid=row.pgid, start_ticks=row.start_ticks, boot_id=row.boot_id
                 ),
+                attempt=row.attempt,
+                trigger=Trigger(row.trigger),
             )
             for row in query
         ]
+
+    def executed(self, task_id: UUID, scheduled_at: datetime) -> bool:
+        """Whether an execution of ``task_id`` for ``scheduled_at`` runs or was recorded (and
+        not pruned since): what makes a manual run for one time idempotent across restarts."""
+        t = self._tables
+        for table in (t.running, t.journal):
+            query = table.select().where(
+                (table.task_id == task_id) & (table.scheduled_at == scheduled_at)
+            )
+            if query.exists():
+                return True
+        return False
 
     # -- recorded executions: journal and outbox -----------------------------------------
 
@@ -380,28 +463,40 @@ class AgentState:
                 exit_code=execution.exit_code,
                 started_at=execution.started_at,
                 finished_at=execution.finished_at,
+                attempt=execution.attempt,
+                trigger=execution.trigger.value,
+                final=execution.final,
             ).on_conflict(
-                conflict_target=[t.journal.task_id, t.journal.scheduled_at],
+                conflict_target=[t.journal.task_id, t.journal.scheduled_at, t.journal.attempt],
                 preserve=[
                     t.journal.agent_id,
                     t.journal.status,
                     t.journal.exit_code,
                     t.journal.started_at,
                     t.journal.finished_at,
+                    t.journal.trigger,
+                    t.journal.final,
                 ],
             ).execute()
             t.outbox.insert(
                 task_id=execution.task_id,
                 agent_id=execution.agent_id,
                 scheduled_at=execution.scheduled_at,
+                attempt=execution.attempt,
                 body=body,
             ).on_conflict(
-                conflict_target=[t.outbox.task_id, t.outbox.agent_id, t.outbox.scheduled_at],
+                conflict_target=[
+                    t.outbox.task_id,
+                    t.outbox.agent_id,
+                    t.outbox.scheduled_at,
+                    t.outbox.attempt,
+                ],
                 preserve=[t.outbox.body],
             ).execute()
             t.running.delete().where(
                 (t.running.task_id == execution.task_id)
                 & (t.running.scheduled_at == execution.scheduled_at)
+                & (t.running.attempt == execution.attempt)
             ).execute()
             self._recorded += 1
             # The first record after each start prunes too: an agent restarted more often than
@@ -412,9 +507,22 @@ class AgentState:
 
     def pending(self) -> list[Execution]:
         """The executions in the outbox, oldest first."""
+        return [execution for _, execution in self.pending_page(after=0, limit=None)]
+
+    def pending_page(self, *, after: int, limit: int | None) -> list[tuple[int, Execution]]:
+        """Up to ``limit`` executions of the outbox queued after position ``after``, oldest
+        first, each with its position (pass the last one as ``after`` for the next page)."""
         t = self._tables
-        query = t.outbox.select(t.outbox.body).order_by(t.outbox.id)
-        return [structure(json.loads(body), Execution) for (body,) in query.tuples()]
+        query = (
+            t.outbox.select(t.outbox.id, t.outbox.body)
+            .where(t.outbox.id > after)
+            .order_by(t.outbox.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        return [
+            (position, structure(json.loads(body), Execution)) for position, body in query.tuples()
+        ]
 
     def acknowledge(self, key: ExecutionKey) -> None:
         """Drop the execution with ``key`` from the outbox (the journal keeps it)."""
@@ -424,6 +532,7 @@ class AgentState:
                 (t.outbox.task_id == key.task_id)
                 & (t.outbox.agent_id == key.agent_id)
                 & (t.outbox.scheduled_at == key.scheduled_at)
+                & (t.outbox.attempt == key.attempt)
             ).execute()
 
 
@@ -465,23 +574,31 @@ class AsyncAgentState:
     async def begin_slots(
         self,
         last_slots: Mapping[UUID, datetime],
-        starting: Sequence[tuple[UUID, datetime]],
+        starting: Sequence[StartExecution],
         *,
         started_at: datetime,
     ) -> None:
         await self._call(self.state.begin_slots, last_slots, starting, started_at=started_at)
 
-    async def process_started(self, task_id: UUID, scheduled_at: datetime, pid: int) -> None:
-        await self._call(self.state.process_started, task_id, scheduled_at, pid)
+    async def process_started(
+        self, task_id: UUID, scheduled_at: datetime, pid: int, *, attempt: int = 1
+    ) -> None:
+        await self._call(self.state.process_started, task_id, scheduled_at, pid, attempt=attempt)
 
     async def running(self) -> list[RunningExecution]:
         return await self._call(self.state.running)
+
+    async def executed(self, task_id: UUID, scheduled_at: datetime) -> bool:
+        return await self._call(self.state.executed, task_id, scheduled_at)
 
     async def record(self, execution: Execution) -> None:
         await self._call(self.state.record, execution)
 
     async def pending(self) -> list[Execution]:
         return await self._call(self.state.pending)
+
+    async def pending_page(self, *, after: int, limit: int | None) -> list[tuple[int, Execution]]:
+        return await self._call(self.state.pending_page, after=after, limit=limit)
 
     async def acknowledge(self, key: ExecutionKey) -> None:
         await self._call(self.state.acknowledge, key)

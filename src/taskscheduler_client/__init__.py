@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._base import DEFAULT_TIMEOUT, DEFAULT_URL
 from .client import AsyncClient, Client
 from .errors import (
+    AgentNotFound,
     ApiError,
     CertificateVerifyFailed,
     ClientError,
@@ -20,6 +21,7 @@ from .errors import (
     OutputTimeout,
     RequestTimeout,
     ServerError,
+    TaskDeleted,
     TaskNotFound,
     TlsConfigError,
     TransportError,
@@ -30,6 +32,7 @@ from .errors import (
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
+    "AgentNotFound",
     "ApiError",
     "AsyncClient",
     "CertificateVerifyFailed",
@@ -41,6 +44,7 @@ __all__ = [
     "OutputTimeout",
     "RequestTimeout",
     "ServerError",
+    "TaskDeleted",
     "TaskNotFound",
     "TlsConfigError",
     "TransportError",

@@ -1,7 +1,9 @@
 """``tsched``: the taskscheduler command line.
 
-``tsched create`` and ``tsched output`` talk to a server through :class:`~.client.Client`;
-``tsched server``, ``tsched agent`` and ``tsched up`` start the services in this process.
+``tsched create`` and ``tsched output`` talk to a server through :class:`~.client.Client`, as
+do the commands of :mod:`.manage` (``list``, ``show``, ``runs``, ``history``, ``edit``,
+``pause``, ``resume``, ``run``, ``delete``, ``agents``); ``tsched server``, ``tsched agent`` and
+``tsched up`` start the services in this process.
 
 Errors are one line on stderr starting with ``error:``, never a traceback: exit status 2 for a
 command line that does not parse, 1 for everything else (the server refused the request, it
@@ -10,14 +12,13 @@ cannot be reached, a port is taken).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -30,12 +31,14 @@ from taskscheduler_core import (
     TaskCreated,
     __version__,
     format_time,
+    parse_label,
     unstructure,
 )
 
+from . import manage
 from ._base import DEFAULT_TIMEOUT, DEFAULT_URL
+from .cli_common import CliError, OneLineGroup, echo_json, reported_client_errors
 from .client import Client
-from .errors import CertificateVerifyFailed, ClientError, ConnectionFailed
 from .services import (
     SERVER_DATABASE_NAME,
     failure_message,
@@ -44,6 +47,7 @@ from .services import (
     start_local_stack,
     start_server,
 )
+from .task_flags import task_option_flags, task_options
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -54,71 +58,17 @@ DEFAULT_AGENTS = 2
 #: The server's liveness and reconciliation periods, in seconds (``ServerConfig``'s defaults).
 DEFAULT_LOST_AFTER = 15.0
 DEFAULT_RECONCILE_INTERVAL = 30.0
+#: The server's history retention (``ServerConfig``'s defaults; docs/api.md#retention).
+DEFAULT_KEEP_RUNS = 1000
+DEFAULT_KEEP_DAYS = 30.0
+MAX_KEEP_DAYS = 36_500
+DEFAULT_PRUNE_INTERVAL = 60.0
 #: The server's limits (``ServerConfig``'s defaults; docs/security.md).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_KILL_GRACE = 10.0
-
-_SERVER_HINT = "is the server running? try 'tsched up'"
-
-
-# --- errors as one line --------------------------------------------------------------------------
-
-
-class CliError(click.ClickException):
-    """A failure the user can act on: printed as ``error: <message>``, exit status 1."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
-
-
-class _OneLineUsageError(click.UsageError):
-    """A usage error on one line, with where to look for help instead of the whole usage."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
-        click.echo(f"error: {self.format_message()}{hint}", file=file, err=file is None)
-
-
-def _one_line(error: click.UsageError) -> click.UsageError:
-    # "tsched" alone shows the help, which is what that usage error is for
-    if isinstance(error, click.exceptions.NoArgsIsHelpError | _OneLineUsageError):
-        return error
-    return _OneLineUsageError(error.format_message(), error.ctx)
-
-
-class _Group(click.Group):
-    """Click's group, with its usage errors (and its commands') shortened to one line."""
-
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as error:
-            raise _one_line(error) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as error:
-            raise _one_line(error) from None
-
-
-@contextmanager
-def _reported_client_errors() -> Iterator[None]:
-    try:
-        yield
-    except CertificateVerifyFailed as error:
-        raise CliError(str(error)) from None
-    except ConnectionFailed as error:
-        raise CliError(f"{error} ({_SERVER_HINT})") from None
-    except ClientError as error:
-        raise CliError(str(error)) from None
+#: How often ``tsched output --follow`` asks for the latest run, in seconds.
+FOLLOW_POLL_INTERVAL = 0.5
 
 
 # --- option values -------------------------------------------------------------------------------
@@ -292,7 +242,7 @@ class _Session:
             self._client.close()
 
 
-@click.group(cls=_Group)
+@click.group(cls=OneLineGroup)
 @click.option(
     "--url",
     envvar="TSCHED_URL",
@@ -350,16 +300,32 @@ def tsched(ctx: click.Context, url: str, timeout: float) -> None:
     "-f",
     "--frequency",
     required=True,
-    help="How often to run it: 'every <integer> (seconds|minutes|hours)'.",
+    help="How often to run it: 'every <integer> (seconds|minutes|hours|days|weeks)', a cron "
+    "expression ('*/5 * * * *') or @hourly, @daily, @weekly, @monthly.",
 )
+@task_option_flags(edit=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the created task as JSON.")
 @click.pass_obj
-def create(session: _Session, command: str, frequency: str, as_json: bool) -> None:
-    """Create a task running COMMAND on every agent; prints its id."""
-    with _reported_client_errors():
-        task = session.client.create_task(command, frequency)
+def create(
+    session: _Session,
+    /,
+    command: str,
+    frequency: str,
+    env: Mapping[str, str],
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Create a task running COMMAND on every agent (or those --target-* picks); prints its id.
+
+    Options not given take the server's defaults (see 'tsched show ID').
+    """
+    options = task_options(**flags)
+    if env:
+        options["env"] = dict(env)
+    with reported_client_errors():
+        task = session.client.create_task(command, frequency, **options)
     if as_json:
-        _echo_json(unstructure(TaskCreated(command_id=task.id, task=task)))
+        echo_json(unstructure(TaskCreated(command_id=task.id, task=task)))
     else:
         click.echo(str(task.id))
 
@@ -372,11 +338,38 @@ def create(session: _Session, command: str, frequency: str, as_json: bool) -> No
     metavar="SECONDS",
     help="Wait up to SECONDS for a complete run if there is none yet.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Print each new run as it completes, until Ctrl-C (or --count runs).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --follow: stop after N runs.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the answer as JSON (--follow: one per line)."
+)
 @click.pass_obj
-def output(session: _Session, task_id: str, wait: float | None, as_json: bool) -> None:
+def output(
+    session: _Session,
+    task_id: str,
+    wait: float | None,
+    follow: bool,
+    count: int | None,
+    as_json: bool,
+) -> None:
     """Show what the latest run of TASK_ID printed on each agent."""
-    with _reported_client_errors():
+    if follow and wait is not None:
+        raise click.UsageError("give --wait or --follow, not both")
+    if count is not None and not follow:
+        raise click.UsageError("--count goes with --follow")
+    if follow:
+        _follow_output(session.client, task_id, count=count, as_json=as_json)
+        return
+    with reported_client_errors():
         if wait is None:
             latest = session.client.latest_output(task_id)
         else:
@@ -384,9 +377,28 @@ def output(session: _Session, task_id: str, wait: float | None, as_json: bool) -
                 task_id, timeout=wait, poll_interval=min(0.5, wait / 4)
             )
     if as_json:
-        _echo_json(unstructure(latest))
+        echo_json(unstructure(latest))
     else:
         click.echo(format_latest_output(latest), nl=False)
+
+
+def _follow_output(client: Client, task_id: str, *, count: int | None, as_json: bool) -> None:
+    """Print each run of the task completing from now on; Ctrl-C ends it with exit status 0."""
+    printed = 0
+    try:
+        with reported_client_errors():
+            for latest in client.follow_output(task_id, poll_interval=FOLLOW_POLL_INTERVAL):
+                if as_json:
+                    echo_json(unstructure(latest), compact=True)
+                else:
+                    # a blank line between runs; each starts with its "completed at" line
+                    click.echo(("\n" if printed else "") + format_latest_output(latest), nl=False)
+                printed += 1
+                if count is not None and printed >= count:
+                    return
+    except KeyboardInterrupt:
+        # Ctrl-C is how a follow is meant to end: not a failure
+        return
 
 
 def format_latest_output(latest: LatestOutput) -> str:
@@ -408,10 +420,6 @@ def _stream(name: str, text: str) -> list[str]:
         return [f"  {name}: (empty)"]
     # indented, so that a command's output can never pass for one of our own lines
     return [f"  {name}:", *(f"    {line}" for line in text.splitlines())]
-
-
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 # --- starting services ---------------------------------------------------------------------------
@@ -486,6 +494,33 @@ def _fail(message: str) -> NoReturn:
     help="How often to check that every alive agent has exactly its tasks.",
 )
 @click.option(
+    "--keep-runs",
+    envvar="TSCHED_KEEP_RUNS",
+    type=click.IntRange(min=0),
+    default=DEFAULT_KEEP_RUNS,
+    show_default=True,
+    help="Keep each task's newest N runs of history (0: no count limit).",
+)
+@click.option(
+    "--keep-days",
+    envvar="TSCHED_KEEP_DAYS",
+    type=click.FloatRange(min=0, max=MAX_KEEP_DAYS),
+    default=DEFAULT_KEEP_DAYS,
+    show_default=True,
+    metavar="DAYS",
+    help="Keep no history older than this many days (0: no age limit).",
+)
+@click.option(
+    "--prune-interval",
+    envvar="TSCHED_PRUNE_INTERVAL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_PRUNE_INTERVAL,
+    show_default=True,
+    metavar="SECONDS",
+    callback=_seconds_option,
+    help="How often to prune the history to --keep-runs and --keep-days.",
+)
+@click.option(
     "--max-body-bytes",
     envvar="TSCHED_MAX_BODY_BYTES",
     type=click.IntRange(min=1),
@@ -549,15 +584,18 @@ def server(
     available_servers: Sequence[str],
     lost_after: timedelta,
     reconcile_interval: timedelta,
+    keep_runs: int,
+    keep_days: float,
+    prune_interval: timedelta,
     max_body_bytes: int,
     max_command_length: int,
     max_output_bytes: int,
 ) -> None:
     """Run the server (REST API, task store, dispatch to agents).
 
-    It marks agents lost when they fall silent, and reconciles every alive agent's tasks on
-    its registration and every --reconcile-interval. Ctrl-C or SIGTERM lets open requests
-    finish, then stops it.
+    It marks agents lost when they fall silent, reconciles every alive agent's tasks on
+    its registration and every --reconcile-interval, and prunes the history of each task to
+    --keep-runs and --keep-days. Ctrl-C or SIGTERM lets open requests finish, then stops it.
     """
     command_line = click.core.ParameterSource.COMMANDLINE
     if (
@@ -578,6 +616,9 @@ def server(
             available_agents=tuple(available_servers),
             lost_after=lost_after,
             reconcile_interval=reconcile_interval,
+            keep_runs=keep_runs,
+            keep_days=keep_days,
+            prune_interval=prune_interval,
             **_tls_settings(),
             **_auth_settings(),
             max_body_bytes=max_body_bytes,
@@ -592,6 +633,24 @@ def server(
         click.echo(f"server listening on {url} (database {config.database}); Ctrl-C to stop")
 
     _serve(start, what=f"the server on {host}:{port}")
+
+
+def _label_option(
+    ctx: click.Context, param: click.Parameter, value: Sequence[str]
+) -> dict[str, str]:
+    """``--label k=v`` (repeatable) as a dict; the environment variable's value is split at
+    commas (click splits it at whitespace first)."""
+    labels: dict[str, str] = {}
+    for item in value:
+        for text in item.split(","):
+            if not text.strip():
+                continue
+            try:
+                key, label = parse_label(text)
+            except ValueError as error:
+                raise click.BadParameter(str(error).removeprefix("labels: ")) from None
+            labels[key] = label
+    return labels
 
 
 @tsched.command()
@@ -666,6 +725,16 @@ def server(
     "--join-token", "TSCHED_JOIN_TOKEN", "join_token", "The server's join token: register with it."
 )
 @_insecure_option()
+@click.option(
+    "--label",
+    "labels",
+    envvar="TSCHED_LABELS",
+    multiple=True,
+    callback=_label_option,
+    metavar="KEY=VALUE",
+    help="A label of this agent, which task targets can select (repeatable; "
+    "TSCHED_LABELS takes KEY=VALUE,KEY2=VALUE2).",
+)
 def agent(
     host: str,
     port: int,
@@ -675,6 +744,7 @@ def agent(
     max_output_bytes: int,
     heartbeat_interval: float,
     kill_grace: float,
+    labels: dict[str, str],
 ) -> None:
     """Run an agent, which runs the tasks it is given on this host.
 
@@ -694,6 +764,7 @@ def agent(
             max_output_bytes=max_output_bytes,
             heartbeat_interval=heartbeat_interval,
             kill_grace=kill_grace,
+            labels=labels,
             **_tls_settings(),
             **_auth_settings(),
         )
@@ -750,6 +821,10 @@ def up(host: str, port: int, agents: int, data_dir: Path | None) -> None:
         click.echo("Ctrl-C to stop")
 
     _serve(start, what=f"taskscheduler (server on {host}:{port}, state in {directory})")
+
+
+for _command in manage.COMMANDS:
+    tsched.add_command(_command)
 
 
 def main() -> None:

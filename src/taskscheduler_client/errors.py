@@ -8,7 +8,9 @@
         │   ├── InvalidRequest (ValueError)  400 / 413 / 422: the request was refused
         │   ├── Unauthorized (PermissionError)  401: no token, or a wrong one
         │   ├── Forbidden (PermissionError)  403: the token may not do this
-        │   ├── TaskNotFound (LookupError)   404: no such task
+        │   ├── TaskNotFound (LookupError)   404: no such task (or it was purged)
+        │   ├── AgentNotFound (LookupError)  404: no such agent
+        │   ├── TaskDeleted                  409: the task is deleted; it cannot change or run
         │   ├── ServerError                  5xx: a bug or an outage on the server
         │   └── UnexpectedResponse           2xx, but not the body the API promises
         ├── TransportError                   no answer came back
@@ -64,6 +66,15 @@ class Forbidden(ApiError, PermissionError):
 
 class TaskNotFound(ApiError, LookupError):
     """The server knows no such task (404)."""
+
+
+class AgentNotFound(ApiError, LookupError):
+    """The server knows no such agent (404 ``agent_not_found``)."""
+
+
+class TaskDeleted(ApiError):
+    """The task is deleted (409 ``task_deleted``): it can be read, but not edited, paused,
+    resumed or run. Its history stays readable until pruned or purged."""
 
 
 class ServerError(ApiError):

@@ -4,6 +4,7 @@
 
     TaskSchedulerError
     ├── FrequencyError (also ValueError)   a frequency text that does not parse
+    ├── TimezoneError (also ValueError)    a time zone name that is not a known IANA name
     ├── WireError (also ValueError)        a JSON document that does not fit a wire type
     └── ApiError                           a request the REST API refuses: status, code, field
                                            (in :mod:`~taskscheduler_core.api_errors`)
@@ -20,12 +21,21 @@ class TaskSchedulerError(Exception):
 
 
 class FrequencyError(TaskSchedulerError, ValueError):
-    """A frequency text is not of the form ``every <integer> (seconds|minutes|hours)``."""
+    """A frequency text is neither ``every <integer> <unit>`` nor a valid cron expression."""
 
     def __init__(self, message: str, *, text: object) -> None:
         super().__init__(message)
         self.message = message
         self.text = text
+
+
+class TimezoneError(TaskSchedulerError, ValueError):
+    """A time zone name is not an IANA name this installation knows (``Europe/Paris``)."""
+
+    def __init__(self, message: str, *, name: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.name = name
 
 
 class WireError(TaskSchedulerError, ValueError):

@@ -1,7 +1,11 @@
-"""Frequencies: ``every <integer> (seconds|minutes|hours)``.
+"""Frequencies: ``every <integer> (seconds|minutes|hours|days|weeks)``.
 
-The text form is the one of the original design; ``str(frequency)`` gives the canonical spelling
-(lower case, plural unit, no leading zeros) which parses back to an equal value.
+The text form is the one of the original design, plus days and weeks; ``str(frequency)`` gives the
+canonical spelling (lower case, plural unit, no leading zeros) which parses back to an equal value.
+
+A frequency is a fixed length of real time: ``every 1 days`` is 86 400 seconds after the previous
+fire time, whatever the wall clock does at a daylight-saving change. Tasks that must run at a time
+of day (``every day at 02:30 in Europe/Paris``) use a cron expression (:mod:`.cron`) instead.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ class Unit(enum.Enum):
     SECONDS = 1
     MINUTES = 60
     HOURS = 3600
+    DAYS = 86400
+    WEEKS = 604800
 
     @property
     def plural(self) -> str:
         return self.name.lower()
 
 
-#: The longest interval we accept. Anything longer is almost surely a typo (``every 36000000
-#: hours``), and it keeps every fire time inside ``datetime``'s range for millennia.
+#: The longest interval we accept (``every 52 weeks`` is in, ``every 53 weeks`` is out). Anything
+#: longer is almost surely a typo (``every 36000000 hours``), and it keeps every fire time inside
+#: ``datetime``'s range for millennia.
 MAX_INTERVAL = timedelta(days=366)
 
 #: Longer texts are refused before any regular expression sees them.
@@ -40,7 +47,7 @@ _PATTERN = re.compile(
 )
 _DIGITS = re.compile("[0-9]+")
 _UNITS = {unit.plural: unit for unit in Unit} | {unit.plural[:-1]: unit for unit in Unit}
-_EXPECTED = "expected 'every <integer> (seconds|minutes|hours)'"
+_EXPECTED = "expected 'every <integer> (seconds|minutes|hours|days|weeks)'"
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -75,7 +82,7 @@ class Frequency:
 
 
 def parse_frequency(text: str) -> Frequency:
-    """Parse ``every <integer> (seconds|minutes|hours)``.
+    """Parse ``every <integer> (seconds|minutes|hours|days|weeks)``.
 
     Singular units and any letter case are accepted; the integer must be at least 1 and the
     interval at most :data:`MAX_INTERVAL`. Raises :class:`FrequencyError` saying what is wrong.
@@ -95,7 +102,7 @@ def parse_frequency(text: str) -> Frequency:
     if unit is None:
         raise FrequencyError(
             f"invalid frequency {text!r}: unknown unit {unit_text!r}, "
-            "expected seconds, minutes or hours",
+            "expected seconds, minutes, hours, days or weeks",
             text=text,
         )
     if _DIGITS.fullmatch(count_text) is None:

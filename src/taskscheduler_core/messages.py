@@ -7,6 +7,7 @@ three to ``schedule``) still be accepted, while our agents send everything.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -14,9 +15,27 @@ from uuid import UUID
 import attrs
 
 from .errors import WireError
-from .firetimes import optional_utc
-from .frequency import Frequency
-from .models import Execution, ExecutionStatus, Task, TaskSpec, check_command, non_negative
+from .firetimes import Recurrence, optional_utc, require_utc
+from .models import (
+    Agent,
+    Execution,
+    ExecutionStatus,
+    Task,
+    TaskSpec,
+    Trigger,
+    check_command,
+    ids,
+    non_negative,
+    positive,
+)
+from .options import (
+    POLICY_FIELD_NAMES,
+    RunPolicy,
+    Targets,
+    check_labels,
+    check_name,
+    label_dict,
+)
 
 #: The longest agent URL accepted at registration.
 MAX_URL_LENGTH = 2048
@@ -51,11 +70,18 @@ def _agent_url(instance: object, attribute: attrs.Attribute[str], value: str) ->
 
 
 @attrs.frozen(kw_only=True)
-class CreateTask:
-    """Body of ``POST /api/v1/tasks/create``."""
+class CreateTask(RunPolicy):
+    """Body of ``POST /api/v1/tasks/create`` (and ``POST /api/v1/tasks``).
+
+    Only ``command`` and ``frequency`` are required; every option has the default documented in
+    :mod:`taskscheduler_core.options`. ``PATCH /api/v1/tasks/{id}`` takes any subset of these
+    fields (see :func:`taskscheduler_core.lifecycle.edit_task`).
+    """
 
     command: str = attrs.field(validator=check_command)
-    frequency: Frequency
+    frequency: Recurrence
+    name: str | None = attrs.field(default=None, validator=check_name)
+    targets: Targets = attrs.field(factory=Targets)
 
 
 @attrs.frozen(kw_only=True)
@@ -67,7 +93,7 @@ class TaskCreated:
 
 
 @attrs.frozen(kw_only=True)
-class ScheduleTask:
+class ScheduleTask(RunPolicy):
     """Body of the agent's ``POST /api/v1/tasks/schedule``.
 
     ``anchor`` is sent by our server so that every agent fires at the same instants; a caller of
@@ -76,13 +102,19 @@ class ScheduleTask:
 
     task_id: UUID
     command: str = attrs.field(validator=check_command)
-    frequency: Frequency
+    frequency: Recurrence
     anchor: datetime | None = attrs.field(default=None, converter=optional_utc)
+    paused: bool = False
 
     @classmethod
     def of(cls, spec: TaskSpec) -> ScheduleTask:
         return cls(
-            task_id=spec.task_id, command=spec.command, frequency=spec.frequency, anchor=spec.anchor
+            task_id=spec.task_id,
+            command=spec.command,
+            frequency=spec.frequency,
+            anchor=spec.anchor,
+            paused=spec.paused,
+            **{name: getattr(spec, name) for name in POLICY_FIELD_NAMES},
         )
 
     def spec(self, received_at: datetime) -> TaskSpec:
@@ -91,7 +123,20 @@ class ScheduleTask:
             command=self.command,
             frequency=self.frequency,
             anchor=self.anchor if self.anchor is not None else received_at,
+            paused=self.paused,
+            **{name: getattr(self, name) for name in POLICY_FIELD_NAMES},
         )
+
+
+@attrs.frozen(kw_only=True)
+class RunTaskNow:
+    """Body of the agent's ``POST /api/v1/tasks/{task_id}/run``: a manual run.
+
+    The server picks ``scheduled_at`` once and sends it to every target, so the manual run's
+    executions group into one run like a scheduled one.
+    """
+
+    scheduled_at: datetime = attrs.field(converter=require_utc)
 
 
 @attrs.frozen(kw_only=True)
@@ -113,6 +158,9 @@ class ExecutionReport:
     exit_code: int | None = None
     stdout_dropped: int = attrs.field(default=0, validator=non_negative)
     stderr_dropped: int = attrs.field(default=0, validator=non_negative)
+    attempt: int = attrs.field(default=1, validator=positive)
+    trigger: Trigger = Trigger.SCHEDULE
+    final: bool = True
 
     @classmethod
     def of(cls, execution: Execution) -> ExecutionReport:
@@ -127,6 +175,9 @@ class ExecutionReport:
             exit_code=execution.exit_code,
             stdout_dropped=execution.stdout_dropped,
             stderr_dropped=execution.stderr_dropped,
+            attempt=execution.attempt,
+            trigger=execution.trigger,
+            final=execution.final,
         )
 
     def execution(self, task_id: UUID, received_at: datetime) -> Execution:
@@ -145,15 +196,22 @@ class ExecutionReport:
             stderr=self.stderr,
             stdout_dropped=self.stdout_dropped,
             stderr_dropped=self.stderr_dropped,
+            attempt=self.attempt,
+            trigger=self.trigger,
+            final=self.final,
         )
 
 
 @attrs.frozen(kw_only=True)
 class RegisterAgent:
-    """Body of ``POST /api/v1/agents/register``: an agent tells the server where it listens."""
+    """Body of ``POST /api/v1/agents/register``: an agent tells the server where it listens.
+
+    ``labels`` are what task ``targets`` select on; they replace the ones registered before.
+    """
 
     agent_id: UUID
     url: str = attrs.field(validator=_agent_url)
+    labels: dict[str, str] = attrs.field(factory=dict, converter=label_dict, validator=check_labels)
 
 
 @attrs.frozen(kw_only=True)
@@ -162,3 +220,52 @@ class AgentIdentity:
 
     agent_id: UUID
     version: str
+    labels: dict[str, str] = attrs.field(factory=dict, converter=label_dict, validator=check_labels)
+
+
+# Typed converters: mypy cannot infer the item type of a bare ``converter=tuple``.
+def _tasks(tasks: Iterable[Task]) -> tuple[Task, ...]:
+    return tuple(tasks)
+
+
+def _executions(executions: Iterable[Execution]) -> tuple[Execution, ...]:
+    return tuple(executions)
+
+
+def _agents(agents: Iterable[Agent]) -> tuple[Agent, ...]:
+    return tuple(agents)
+
+
+@attrs.frozen(kw_only=True)
+class TaskList:
+    """Answer of ``GET /api/v1/tasks``: one page of tasks, oldest first.
+
+    ``next_cursor`` is passed back as ``?cursor=`` for the next page; ``null`` on the last one.
+    """
+
+    tasks: tuple[Task, ...] = attrs.field(converter=_tasks)
+    next_cursor: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionList:
+    """Answer of ``GET /api/v1/tasks/{id}/executions``: one page, newest first."""
+
+    executions: tuple[Execution, ...] = attrs.field(converter=_executions)
+    next_cursor: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AgentList:
+    """Answer of ``GET /api/v1/agents``."""
+
+    agents: tuple[Agent, ...] = attrs.field(converter=_agents)
+
+
+@attrs.frozen(kw_only=True)
+class RunStarted:
+    """Answer of ``POST /api/v1/tasks/{id}/run``: the manual run's time and its target agents."""
+
+    task_id: UUID
+    scheduled_at: datetime = attrs.field(converter=require_utc)
+    agents: tuple[UUID, ...] = attrs.field(converter=ids)

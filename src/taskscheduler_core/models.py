@@ -9,13 +9,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import attrs
 
 from .errors import WireError
-from .firetimes import optional_utc, require_utc
-from .frequency import Frequency
+from .firetimes import Recurrence, optional_utc, require_utc
+from .options import RunPolicy, Targets, check_labels, check_name, label_dict
 
 #: Commands longer than this are refused: a shell command line is never megabytes long, and the
 #: command travels to every agent and into every listing.
@@ -46,6 +47,11 @@ def non_negative(instance: object, attribute: attrs.Attribute[int], value: int) 
         raise WireError(f"must be >= 0, got {value}", field=attribute.name)
 
 
+def positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise WireError(f"must be >= 1, got {value}", field=attribute.name)
+
+
 class ExecutionStatus(enum.Enum):
     """How one execution of a task on one agent ended."""
 
@@ -55,50 +61,98 @@ class ExecutionStatus(enum.Enum):
     ERROR = "error"  #: could not be run at all (the shell could not be started, …)
     SKIPPED = "skipped"  #: not started: the previous execution on that agent was still running
     MISSED = "missed"  #: not started: the agent reached the slot too late (down or stalled)
+    CANCELLED = "cancelled"  #: killed: a newer slot replaced it (``overlap: replace``)
 
     @property
     def ran(self) -> bool:
         """Whether a process was started for this execution."""
         return self not in (ExecutionStatus.SKIPPED, ExecutionStatus.MISSED)
 
+    @property
+    def retryable(self) -> bool:
+        """Whether a task with ``retries`` tries this execution again."""
+        return self in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT, ExecutionStatus.ERROR)
+
+
+class Trigger(enum.Enum):
+    """Why an execution happened."""
+
+    SCHEDULE = "schedule"  #: a fire time of the task's frequency
+    MANUAL = "manual"  #: ``POST /api/v1/tasks/{id}/run``
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its lifecycle."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"  #: kept on its agents but not fired until resumed
+    DELETED = "deleted"  #: removed from its agents; its history stays until pruned
+
 
 @attrs.frozen(kw_only=True)
-class Task:
-    """A periodic command, as the server stores it.
+class Task(RunPolicy):
+    """A periodic command, as the server stores it, with its options (:class:`RunPolicy`).
 
-    It fires at ``anchor + k × frequency`` (k ≥ 1) on every agent it is assigned to.
+    An interval task fires at ``anchor + k × frequency`` (k ≥ 1); a cron task at the times its
+    expression matches in ``timezone``, after ``anchor``. It runs on the agents ``targets`` picks.
+    ``updated_at`` is the last change (create, edit, pause, resume, delete).
     """
 
     id: UUID
     command: str = attrs.field(validator=check_command)
-    frequency: Frequency
+    frequency: Recurrence
     anchor: datetime = attrs.field(converter=_utc)
     created_at: datetime = attrs.field(converter=_utc)
+    updated_at: datetime | None = attrs.field(default=None, converter=optional_utc)
+    name: str | None = attrs.field(default=None, validator=check_name)
+    targets: Targets = attrs.field(factory=Targets)
+    paused: bool = False
+    deleted_at: datetime | None = attrs.field(default=None, converter=optional_utc)
+
+    @property
+    def state(self) -> TaskState:
+        if self.deleted_at is not None:
+            return TaskState.DELETED
+        return TaskState.PAUSED if self.paused else TaskState.ACTIVE
 
 
 @attrs.frozen(kw_only=True)
-class TaskSpec:
-    """What an agent needs to run a task: the part of :class:`Task` sent to agents."""
+class TaskSpec(RunPolicy):
+    """What an agent needs to run a task: the part of :class:`Task` sent to agents.
+
+    A paused spec stays on the agent but fires nothing; resuming fires from the next slot on.
+    """
 
     task_id: UUID
     command: str = attrs.field(validator=check_command)
-    frequency: Frequency
+    frequency: Recurrence
     anchor: datetime = attrs.field(converter=_utc)
+    paused: bool = False
 
     @classmethod
     def of(cls, task: Task) -> TaskSpec:
         return cls(
-            task_id=task.id, command=task.command, frequency=task.frequency, anchor=task.anchor
+            task_id=task.id,
+            command=task.command,
+            frequency=task.frequency,
+            anchor=task.anchor,
+            paused=task.paused,
+            **_policy_of(task),
         )
+
+
+def _policy_of(policy: RunPolicy) -> dict[str, Any]:
+    return {field.name: getattr(policy, field.name) for field in attrs.fields(RunPolicy)}
 
 
 @attrs.frozen(kw_only=True)
 class ExecutionKey:
-    """The identity of an execution: one task, on one agent, for one fire time."""
+    """The identity of an execution: one task, on one agent, for one fire time, one attempt."""
 
     task_id: UUID
     agent_id: UUID
     scheduled_at: datetime = attrs.field(converter=_utc)
+    attempt: int = 1
 
 
 @attrs.frozen(kw_only=True)
@@ -117,11 +171,19 @@ class Execution:
     #: Bytes dropped from the head of each stream because it outgrew the per-stream cap.
     stdout_dropped: int = attrs.field(default=0, validator=non_negative)
     stderr_dropped: int = attrs.field(default=0, validator=non_negative)
+    #: 1 for the first try of a fire time, 2 for its first retry, …
+    attempt: int = attrs.field(default=1, validator=positive)
+    trigger: Trigger = Trigger.SCHEDULE
+    #: ``False`` while the agent will try again (a failed attempt with retries left).
+    final: bool = True
 
     @property
     def key(self) -> ExecutionKey:
         return ExecutionKey(
-            task_id=self.task_id, agent_id=self.agent_id, scheduled_at=self.scheduled_at
+            task_id=self.task_id,
+            agent_id=self.agent_id,
+            scheduled_at=self.scheduled_at,
+            attempt=self.attempt,
         )
 
 
@@ -146,6 +208,20 @@ class Agent:
     registered_at: datetime = attrs.field(converter=_utc)
     last_seen_at: datetime | None = attrs.field(default=None, converter=optional_utc)
     status: AgentStatus = AgentStatus.ALIVE
+    #: What the agent declared at start (``tsched agent --label role=web``); targets select on it.
+    labels: dict[str, str] = attrs.field(factory=dict, converter=label_dict, validator=check_labels)
+
+
+def ids(values: Iterable[UUID]) -> tuple[UUID, ...]:
+    """A tuple of ids (a typed converter: mypy cannot type a bare ``converter=tuple``)."""
+    return tuple(values)
+
+
+@attrs.frozen(kw_only=True)
+class AgentDetail(Agent):
+    """``GET /api/v1/agents/{id}``: an agent and the ids of the tasks assigned to it."""
+
+    tasks: tuple[UUID, ...] = attrs.field(default=(), converter=ids)
 
 
 @attrs.frozen(kw_only=True)

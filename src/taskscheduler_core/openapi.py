@@ -26,27 +26,52 @@ from uuid import UUID
 import attrs
 
 from .capture import DEFAULT_MAX_OUTPUT_BYTES
+from .cron import Cron
 from .frequency import MAX_FREQUENCY_LENGTH, Frequency
 from .messages import (
     MAX_URL_LENGTH,
     AgentIdentity,
+    AgentList,
     CreateTask,
     ExecutionReport,
     RegisterAgent,
+    RunStarted,
+    RunTaskNow,
     ScheduleTask,
 )
-from .models import MAX_COMMAND_LENGTH, Agent, AgentOutput, LatestOutput, Task, TaskSpec
+from .models import (
+    MAX_COMMAND_LENGTH,
+    Agent,
+    AgentDetail,
+    AgentOutput,
+    Execution,
+    ExecutionStatus,
+    LatestOutput,
+    Task,
+    TaskSpec,
+    TaskState,
+)
+from .options import MAX_NAME_LENGTH, Targets
+from .runs import AgentOutcome, RunStatus, RunSummary
 
 #: The OpenAPI version of the documents.
 OPENAPI_VERSION = "3.1.0"
+
+#: The largest ``?limit=`` of a listing (the server's ``MAX_PAGE_SIZE``).
+MAX_PAGE_SIZE = 1000
 
 _INT64_MAX = 2**63 - 1
 _SPACE = "[ \\t\\n\\r\\f\\v]"
 #: Any letter case, singular or plural; the interval must also be at most 366 days.
 _FREQUENCY_PATTERN = (
     f"^{_SPACE}*[Ee][Vv][Ee][Rr][Yy]{_SPACE}+0*[1-9][0-9]*{_SPACE}+"
-    f"([Ss][Ee][Cc][Oo][Nn][Dd]|[Mm][Ii][Nn][Uu][Tt][Ee]|[Hh][Oo][Uu][Rr])[Ss]?{_SPACE}*$"
+    f"([Ss][Ee][Cc][Oo][Nn][Dd]|[Mm][Ii][Nn][Uu][Tt][Ee]|[Hh][Oo][Uu][Rr]|[Dd][Aa][Yy]"
+    f"|[Ww][Ee][Ee][Kk])[Ss]?{_SPACE}*$"
 )
+#: Five fields of cron's characters, or an ``@`` alias; which values each field takes is for
+#: the cron parser to say (422 naming ``frequency``).
+_CRON_FIELD = "[0-9A-Za-z*,/#-]+"
+_CRON_PATTERN = f"^{_SPACE}*(@[A-Za-z]+|{_CRON_FIELD}({_SPACE}+{_CRON_FIELD}){{4}}){_SPACE}*$"
 _REF = "#/components/schemas/"
 
 #: What the types of the models do not say: limits and formats, by field name (a name means
@@ -59,8 +84,25 @@ _FIELD_EXTRAS: dict[str, dict[str, Any]] = {
 }
 
 _FIELD_DOCS: dict[str, str] = {
-    "frequency": "'every <integer> (seconds|minutes|hours)', at most 366 days",
-    "anchor": "fire times are anchor + k × frequency (k ≥ 1)",
+    "frequency": "'every <integer> (seconds|minutes|hours|days|weeks)' (at most 366 days), or a "
+    "cron expression: 5 fields or @hourly, @daily, @weekly, @monthly, @yearly, read in timezone",
+    "anchor": "an interval fires at anchor + k × frequency (k ≥ 1); cron after the anchor",
+    "timezone": "IANA time zone the cron expression is read in (default UTC)",
+    "timeout": "seconds; the process group is killed and the execution is timed_out (null: none)",
+    "overlap": "when a slot comes while the previous execution on that agent still runs",
+    "starting_deadline": "seconds a slot may start late, else it is missed (null: 10 s)",
+    "retries": "extra attempts of a failed, timed-out or error execution (0 to 10)",
+    "retry_delay": "seconds before the first retry; doubles each attempt, at most 3600",
+    "env": "extra environment variables for the command (names starting TSCHED_ refused)",
+    "max_output_bytes": "per stream (null: the agent's cap)",
+    "targets": "which agents run it: all (both null), a list of ids, or a label selector",
+    "paused": "kept on its agents, fired by no slot until resumed",
+    "deleted_at": "when it was deleted (its history stays until pruned)",
+    "state": "active, paused or deleted",
+    "attempt": "1 for the first try of a fire time, 2 for its first retry, …",
+    "trigger": "schedule, or manual (POST /api/v1/tasks/{task_id}/run)",
+    "final": "false while the agent will retry this fire time",
+    "labels": "key=value pairs; task targets select agents on them",
     "server_id": "the reporting agent's id (agents are 'servers' in the original design)",
     "stdout": f"the tail of the stream; the server keeps at most --max-output-bytes "
     f"(default {DEFAULT_MAX_OUTPUT_BYTES}) UTF-8 bytes of it",
@@ -77,6 +119,8 @@ def _type_schema(kind: Any) -> dict[str, Any]:
         return {"type": "boolean"}
     if kind is int:
         return {"type": "integer", "minimum": -(2**63), "maximum": _INT64_MAX}
+    if kind is float:
+        return {"type": "number"}
     if kind is UUID:
         return {"type": "string", "format": "uuid"}
     if kind is datetime:
@@ -87,6 +131,13 @@ def _type_schema(kind: Any) -> dict[str, Any]:
             "maxLength": MAX_FREQUENCY_LENGTH,
             "pattern": _FREQUENCY_PATTERN,
             "examples": ["every 30 seconds", "every 1 hour"],
+        }
+    if kind is Cron:
+        return {
+            "type": "string",
+            "maxLength": MAX_FREQUENCY_LENGTH,
+            "pattern": _CRON_PATTERN,
+            "examples": ["*/5 * * * *", "30 2 * * 1-5", "@daily"],
         }
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return {"type": "string", "enum": [member.value for member in kind]}
@@ -100,14 +151,18 @@ def _type_schema(kind: Any) -> dict[str, Any]:
         return {"type": "null"}
     if origin in (tuple, list) and arguments:
         return {"type": "array", "items": _type_schema(arguments[0])}
+    if origin is dict and arguments == (str, str):
+        return {"type": "object", "additionalProperties": {"type": "string"}}
     raise TypeError(f"no JSON schema for {kind!r}")
 
 
-def model_schema(model: type[Any], *, all_required: bool = False) -> dict[str, Any]:
+def model_schema(
+    model: type[Any], *, all_required: bool = False, none_required: bool = False
+) -> dict[str, Any]:
     """The JSON schema of an attrs ``model`` as the wire format writes and reads it.
 
     Fields without a default are required; ``all_required`` makes every field required (for
-    answers, which always carry every field).
+    answers, which always carry every field), ``none_required`` none (for a partial update).
     """
     fields = attrs.fields(attrs.resolve_types(model))
     properties: dict[str, Any] = {}
@@ -117,7 +172,7 @@ def model_schema(model: type[Any], *, all_required: bool = False) -> dict[str, A
         if field.name in _FIELD_DOCS:
             schema["description"] = _FIELD_DOCS[field.name]
         properties[field.name] = schema
-        if all_required or field.default is attrs.NOTHING:
+        if all_required or (field.default is attrs.NOTHING and not none_required):
             required.append(field.name)
     schema = {"type": "object", "properties": properties, "required": required}
     if model.__doc__:
@@ -160,8 +215,10 @@ _ERRORS = {
     "403": "a valid token that may not do this (forbidden)",
     "404": "no such task / agent / endpoint",
     "405": "the method is not allowed on this path (method_not_allowed)",
+    "409": "the task is deleted (task_deleted); its history stays readable",
     "413": "the body is larger than --max-body-bytes (body_too_large)",
-    "422": "JSON, but not a valid body (invalid_body, invalid_string, validation_error)",
+    "422": "JSON, but not a valid body, or a bad query parameter (invalid_body, invalid_string, "
+    "validation_error: field names the body field or the parameter)",
     "500": "a bug: internal_error, never a traceback",
 }
 
@@ -177,15 +234,23 @@ def _operation(
     roles: tuple[str, ...] | None,
     body: dict[str, Any] | None = None,
     path_parameter: str | None = None,
+    query: tuple[dict[str, Any], ...] = (),
     errors: tuple[str, ...] = (),
+    no_content: str | None = None,
 ) -> dict[str, Any]:
+    """One operation: ``ok`` is its success status and schema; ``no_content`` describes a
+    ``204`` it may answer instead."""
     status, schema = ok
-    responses = {status: _json(schema, "success")}
+    responses: dict[str, Any] = {status: _json(schema, "success")}
+    if no_content is not None:
+        responses["204"] = {"description": no_content}
     codes = set(errors) | {"405", "500"}
     if roles is not None:
         codes |= {"401", "403"}
     if body is not None:
         codes |= {"400", "413", "422"}
+    if query:
+        codes |= {"422"}
     for code in sorted(codes):
         responses[code] = _json({"$ref": _REF + "Error"}, _ERRORS[code])
     if "401" in responses:
@@ -202,16 +267,56 @@ def _operation(
             "required": True,
             "content": {"application/json": {"schema": body}},
         }
+    parameters = list(query)
     if path_parameter is not None:
-        operation["parameters"] = [
+        parameters.insert(
+            0,
             {
                 "name": path_parameter,
                 "in": "path",
                 "required": True,
                 "schema": {"type": "string", "format": "uuid"},
-            }
-        ]
+            },
+        )
+    if parameters:
+        operation["parameters"] = parameters
     return operation
+
+
+def _parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An optional query parameter."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _limit(default: int) -> dict[str, Any]:
+    return _parameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": default},
+        "the most items on the page",
+    )
+
+
+_CURSOR = _parameter(
+    "cursor", {"type": "string"}, "next_cursor of the previous page (absent: the first page)"
+)
+_UUID = {"type": "string", "format": "uuid"}
+_TIME = {"type": "string", "format": "date-time"}
+
+
+def _page(name: str, item: str) -> dict[str, Any]:
+    """A page of a listing: its items and the cursor of the next page (``null``: the last)."""
+    return _object(
+        {
+            name: {"type": "array", "items": {"$ref": _REF + item}},
+            "next_cursor": {"type": ["string", "null"]},
+        }
+    )
 
 
 def _base(title: str, description: str) -> dict[str, Any]:
@@ -251,14 +356,27 @@ _OK = {"type": "object", "properties": {"status": {"const": "ok"}}, "required": 
 _DOCUMENT = {"type": "object", "description": "an OpenAPI 3.1 document"}
 
 
+def _task_schema() -> dict[str, Any]:
+    schema = model_schema(Task, all_required=True)
+    schema["properties"]["state"] = _type_schema(TaskState) | {"description": _FIELD_DOCS["state"]}
+    schema["required"].append("state")
+    return schema
+
+
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request body that refuses unknown fields (a typo must not be silently ignored)."""
+    return schema | {"additionalProperties": False}
+
+
 def server_openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the server's REST API (v1)."""
     document = _base(
         "taskscheduler server",
-        "Create periodic tasks, read their latest output; agents register, heartbeat and "
-        "report executions here.",
+        "Create periodic tasks, manage their lifecycle, read their runs, executions and latest "
+        "output; agents register, heartbeat and report executions here.",
     )
-    ref = {name: {"$ref": _REF + name} for name in ("Task", "Agent", "LatestOutput")}
+    names = ("Task", "Agent", "AgentDetail", "LatestOutput", "RunStarted", "CreateTask")
+    ref = {name: {"$ref": _REF + name} for name in names}
     created = {
         "allOf": [
             ref["Task"],
@@ -266,35 +384,160 @@ def server_openapi() -> dict[str, Any]:
         ],
         "description": "the task, with its id also as command_id (the original design's name)",
     }
+    edit = _closed(model_schema(CreateTask, none_required=True))
+    edit["description"] = "Body of PATCH /api/v1/tasks/{task_id}: the fields to change"
     document["components"]["schemas"] |= {
-        "CreateTask": model_schema(CreateTask),
-        "Task": model_schema(Task, all_required=True),
+        "CreateTask": _closed(model_schema(CreateTask)),
+        "EditTask": edit,
+        "Targets": model_schema(Targets),
+        "Task": _task_schema(),
+        "TaskList": _page("tasks", "Task"),
+        "Execution": model_schema(Execution, all_required=True),
+        "ExecutionList": _page("executions", "Execution"),
         "ExecutionReport": model_schema(ExecutionReport),
         "RegisterAgent": model_schema(RegisterAgent),
         "Agent": model_schema(Agent, all_required=True),
+        "AgentDetail": model_schema(AgentDetail, all_required=True),
+        "AgentList": model_schema(AgentList, all_required=True),
         "AgentOutput": model_schema(AgentOutput) | {"required": ["agent_id"]},
         "LatestOutput": model_schema(LatestOutput, all_required=True),
+        "AgentOutcome": model_schema(AgentOutcome, all_required=True),
+        "RunSummary": model_schema(RunSummary, all_required=True),
+        "RunList": _page("runs", "RunSummary"),
+        "RunStarted": model_schema(RunStarted, all_required=True),
     }
     agent_id = {"type": "string", "format": "uuid"}
+    task = "/api/v1/tasks/{task_id}"
+    write, read = ("admin",), ("admin", "read")
+    create = _operation(
+        "Create a periodic task; it is sent to every agent its targets pick",
+        ("201", created),
+        roles=write,
+        body=ref["CreateTask"],
+    )
+
+    def change(summary: str) -> dict[str, Any]:
+        return _operation(
+            summary,
+            ("200", ref["Task"]),
+            roles=write,
+            path_parameter="task_id",
+            errors=("404", "409"),
+        )
+
     document["paths"] = {
-        "/api/v1/tasks/create": {
+        "/api/v1/tasks/create": {"post": create},
+        "/api/v1/tasks": {
+            "post": create,
+            "get": _operation(
+                "List tasks, oldest first, a page at a time",
+                ("200", {"$ref": _REF + "TaskList"}),
+                roles=read,
+                query=(
+                    _parameter(
+                        "state",
+                        {"type": "string", "enum": [*(s.value for s in TaskState), "all"]},
+                        "only tasks in this state (absent: active and paused)",
+                    ),
+                    _parameter(
+                        "name",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
+                        "only tasks whose name holds this text, in any letter case",
+                    ),
+                    _parameter("agent", _UUID, "only tasks assigned to this agent"),
+                    _limit(100),
+                    _CURSOR,
+                ),
+            ),
+        },
+        task: {
+            "get": _operation(
+                "A task (a deleted one too, until it is purged or pruned)",
+                ("200", ref["Task"]),
+                roles=read,
+                path_parameter="task_id",
+                errors=("404",),
+            ),
+            "patch": _operation(
+                "Change a task's command, frequency or options; its agents get the new spec",
+                ("200", ref["Task"]),
+                roles=write,
+                body={"$ref": _REF + "EditTask"},
+                path_parameter="task_id",
+                errors=("404", "409"),
+            ),
+            "delete": _operation(
+                "Delete a task: its agents drop it, its history stays readable (repeatable)",
+                ("200", ref["Task"]),
+                roles=write,
+                path_parameter="task_id",
+                query=(
+                    _parameter(
+                        "purge",
+                        {"type": "string", "enum": ["true", "false"]},
+                        "true: delete the task and its whole history now (answers 204)",
+                    ),
+                ),
+                errors=("404",),
+                no_content="purged: the task and its history are gone",
+            ),
+        },
+        f"{task}/pause": {"post": change("Pause a task: no slot fires until it is resumed")},
+        f"{task}/resume": {"post": change("Resume a task from its next slot (no burst)")},
+        f"{task}/run": {
             "post": _operation(
-                "Create a periodic task; it is sent to every agent",
-                ("201", created),
-                roles=("admin",),
-                body={"$ref": _REF + "CreateTask"},
+                "Run a task now on every target (executions marked manual)",
+                ("202", ref["RunStarted"]),
+                roles=write,
+                path_parameter="task_id",
+                errors=("404", "409"),
             )
         },
-        "/api/v1/tasks/{task_id}/latest_output": {
+        f"{task}/runs": {
+            "get": _operation(
+                "The runs of a task, newest first, with their aggregated status",
+                ("200", {"$ref": _REF + "RunList"}),
+                roles=read,
+                path_parameter="task_id",
+                query=(
+                    _parameter(
+                        "status",
+                        _type_schema(RunStatus),
+                        "only runs with this aggregated status",
+                    ),
+                    _limit(50),
+                    _CURSOR,
+                ),
+                errors=("404",),
+            )
+        },
+        f"{task}/executions": {
+            "get": _operation(
+                "The executions of a task, newest first",
+                ("200", {"$ref": _REF + "ExecutionList"}),
+                roles=read,
+                path_parameter="task_id",
+                query=(
+                    _parameter("agent", _UUID, "only this agent's executions"),
+                    _parameter("status", _type_schema(ExecutionStatus), "only executions with it"),
+                    _parameter("since", _TIME, "only fire times at or after this time"),
+                    _parameter("until", _TIME, "only fire times before this time"),
+                    _limit(100),
+                    _CURSOR,
+                ),
+                errors=("404",),
+            )
+        },
+        f"{task}/latest_output": {
             "get": _operation(
                 "What every agent printed in the newest complete run of a task",
                 ("200", ref["LatestOutput"]),
-                roles=("admin", "read"),
+                roles=read,
                 path_parameter="task_id",
                 errors=("404",),
             )
         },
-        "/api/v1/tasks/{task_id}/complete": {
+        f"{task}/complete": {
             "post": _operation(
                 "An agent reports one execution (idempotent)",
                 (
@@ -309,7 +552,7 @@ def server_openapi() -> dict[str, Any]:
         },
         "/api/v1/agents/register": {
             "post": _operation(
-                "An agent says where it listens; the server pushes it its tasks",
+                "An agent says where it listens and its labels; the server pushes it its tasks",
                 ("200", _registered()),
                 roles=("join", "agent", "admin"),
                 body={"$ref": _REF + "RegisterAgent"},
@@ -331,8 +574,25 @@ def server_openapi() -> dict[str, Any]:
         "/api/v1/agents": {
             "get": _operation(
                 "The agents the server knows, alive or lost",
-                ("200", _object({"agents": {"type": "array", "items": ref["Agent"]}})),
-                roles=("admin", "read"),
+                ("200", {"$ref": _REF + "AgentList"}),
+                roles=read,
+                query=(
+                    _parameter(
+                        "label",
+                        {"type": "array", "items": {"type": "string", "pattern": "="}},
+                        "key=value; repeatable: only agents with every label given",
+                    )
+                    | {"style": "form", "explode": True},
+                ),
+            )
+        },
+        "/api/v1/agents/{agent_id}": {
+            "get": _operation(
+                "An agent, with its labels, status, last contact and tasks",
+                ("200", ref["AgentDetail"]),
+                roles=read,
+                path_parameter="agent_id",
+                errors=("404",),
             )
         },
         "/healthz": {"get": _operation("The server is up", ("200", _OK), roles=None)},
@@ -353,6 +613,7 @@ def agent_openapi() -> dict[str, Any]:
         "ScheduleTask": model_schema(ScheduleTask),
         "TaskSpec": model_schema(TaskSpec, all_required=True),
         "AgentIdentity": model_schema(AgentIdentity, all_required=True),
+        "RunTaskNow": model_schema(RunTaskNow),
     }
     task_id = {"type": "string", "format": "uuid"}
     document["paths"] = {
@@ -383,9 +644,21 @@ def agent_openapi() -> dict[str, Any]:
                 errors=("422",),
             )
         },
+        "/api/v1/tasks/{task_id}/run": {
+            "post": _operation(
+                "Run a scheduled task now for this time (idempotent for the same time)",
+                ("202", {"type": "object", "description": "{}"}),
+                roles=("server",),
+                body={"$ref": _REF + "RunTaskNow"},
+                path_parameter="task_id",
+                errors=("404",),
+            )
+        },
         "/api/v1/agent": {
             "get": _operation(
-                "Who this agent is", ("200", {"$ref": _REF + "AgentIdentity"}), roles=None
+                "Who this agent is, and its labels",
+                ("200", {"$ref": _REF + "AgentIdentity"}),
+                roles=None,
             )
         },
         "/healthz": {"get": _operation("The agent is up", ("200", _OK), roles=None)},

@@ -2,7 +2,8 @@
 
 - times are RFC 3339 strings in UTC with microseconds and a ``Z`` (``2026-11-28T03:16:31.123456Z``);
   any RFC 3339 offset is accepted on input, naive times are refused;
-- ids are UUID strings, frequencies their text (``every 30 seconds``), enums their value;
+- ids are UUID strings, frequencies their text (``every 30 seconds``, ``0 * * * *``), enums their
+  value;
 - strings, integers and booleans are strict: ``5`` is not a command and ``"5"`` is not an exit
   code (cattrs would otherwise convert them silently);
 - ``AgentOutput`` omits ``stdout`` / ``stderr`` when empty, as the original design says;
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -20,7 +22,9 @@ from uuid import UUID
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from .cron import Cron, parse_cron
 from .errors import FrequencyError, WireError
+from .firetimes import Recurrence, parse_recurrence
 from .frequency import Frequency, parse_frequency
 from .messages import TaskCreated
 from .models import AgentOutput, Task
@@ -62,6 +66,15 @@ def _strict(kind: type[T]) -> Any:
     return structure
 
 
+def _structure_float(value: object, _: type) -> float:
+    # JSON has one number type: 30 and 30.0 are both a number of seconds; true is not
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {json_type(value)}")
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return float(value)
+
+
 def json_type(value: object) -> str:
     """The kind of a JSON value as messages name it: ``"an integer"``, ``"an array"``, …"""
     names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
@@ -87,17 +100,40 @@ def _structure_frequency(value: object, _: type) -> Frequency:
     return parse_frequency(value)
 
 
+def _recurrence_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise FrequencyError(
+            "frequency must be a string like 'every 30 seconds' or '0 * * * *', "
+            f"got {json_type(value)}",
+            text=value,
+        )
+    return value
+
+
+def _structure_recurrence(value: object, _: object) -> Recurrence:
+    return parse_recurrence(_recurrence_text(value))
+
+
+def _structure_cron(value: object, _: type) -> Cron:
+    return parse_cron(_recurrence_text(value))
+
+
 def make_converter() -> cattrs.Converter:
     """A converter that reads and writes every taskscheduler type as JSON-ready values."""
     converter = cattrs.Converter(omit_if_default=False)
     for kind in (str, int, bool):
         converter.register_structure_hook(kind, _strict(kind))
+    converter.register_structure_hook(float, _structure_float)
     converter.register_unstructure_hook(datetime, format_time)
     converter.register_structure_hook(datetime, lambda value, _: parse_time(value))
     converter.register_unstructure_hook(UUID, str)
     converter.register_structure_hook(UUID, _structure_uuid)
     converter.register_unstructure_hook(Frequency, str)
     converter.register_structure_hook(Frequency, _structure_frequency)
+    converter.register_unstructure_hook(Cron, str)
+    converter.register_structure_hook(Cron, _structure_cron)
+    # A hook for the union itself: cattrs would otherwise try to tell the two apart by shape.
+    converter.register_structure_hook(Recurrence, _structure_recurrence)
 
     plain_output = cattrs.gen.make_dict_unstructure_fn(AgentOutput, converter)
 
@@ -106,6 +142,14 @@ def make_converter() -> cattrs.Converter:
         return {key: value for key, value in data.items() if value != ""}
 
     converter.register_unstructure_hook(AgentOutput, unstructure_output)
+
+    # a task's lifecycle state is derived (paused, deleted_at); readers get it spelled out
+    plain_task = cattrs.gen.make_dict_unstructure_fn(Task, converter)
+
+    def unstructure_task(task: Task) -> dict[str, Any]:
+        return plain_task(task) | {"state": task.state.value}
+
+    converter.register_unstructure_hook(Task, unstructure_task)
 
     def unstructure_created(created: TaskCreated) -> dict[str, Any]:
         task: dict[str, Any] = converter.unstructure(created.task)

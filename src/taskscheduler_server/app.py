@@ -1,17 +1,18 @@
 """The server's REST API (v1) as a Starlette application.
 
-Handlers are thin: parse the body with the core's wire converter, call the store, answer with
-the converter. Every refusal is a 4xx ``{"error": {"code", "message", "field"}}``; the handlers
-installed here make sure that neither Starlette's HTML/plain-text pages nor a traceback ever
-reach a client.
+Handlers are thin: parse the body with the core's wire converter (and the query string with
+:mod:`.queries`), apply the core's rules (:mod:`taskscheduler_core.lifecycle`), call the store,
+answer with the converter. Every refusal is a 4xx ``{"error": {"code", "message", "field"}}``;
+the handlers installed here make sure that neither Starlette's HTML/plain-text pages nor a
+traceback ever reach a client.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import attrs
@@ -25,30 +26,47 @@ from taskscheduler_core import (
     AUTHENTICATE_HEADERS,
     DEFAULT_REPORT_GRACE,
     Agent,
+    AgentList,
     AgentStatus,
     BodyReader,
-    CreateTask,
+    ExecutionList,
     ExecutionReport,
+    ExecutionStatus,
     RegisterAgent,
+    RunList,
+    RunStarted,
+    RunStatus,
     Task,
     TaskCreated,
+    TaskList,
+    WireError,
     client_disconnected,
+    delete_task,
+    edit_task,
     forbidden,
+    format_time,
     http_error,
     keep_tail,
+    new_task,
+    parse_create,
+    pause_task,
+    resume_task,
     server_openapi,
     unstructure,
 )
 from taskscheduler_core import ApiError as CoreApiError
+from taskscheduler_core.options import MAX_NAME_LENGTH
 
 from .auth import Guard, Role
 from .clock import utc_now
 from .config import ServerConfig
 from .dispatch import Dispatcher
 from .errors import ApiError, TaskNotFound
+from .history import executions_of, runs_of
 from .outputs import latest_output_of
+from .queries import Query, encode_cursor, execution_cursor, run_cursor, task_cursor
 from .reconcile import Reconciler
-from .store import AsyncStore, Store
+from .store import AsyncStore, Store, to_micros
 
 logger = logging.getLogger("taskscheduler.server.app")
 
@@ -56,6 +74,12 @@ T = TypeVar("T")
 
 #: SQLite stores signed 64-bit integers; a larger number in a report is refused, not a crash.
 _INT64 = range(-(2**63), 2**63)
+
+
+#: Default page sizes of the listings.
+TASKS_PAGE = 100
+RUNS_PAGE = 50
+EXECUTIONS_PAGE = 100
 
 
 def report_body_limit(config: ServerConfig) -> int:
@@ -126,6 +150,50 @@ class _Api:
         return ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
 
     @staticmethod
+    def deleted(task: Task) -> ApiError:
+        return ApiError(
+            409,
+            "task_deleted",
+            f"task {task.id} was deleted at {format_time(task.deleted_at)}; "
+            "its history stays readable"
+            if task.deleted_at is not None
+            else f"task {task.id} was deleted",
+            field="task_id",
+        )
+
+    def check_command(self, task: Task) -> None:
+        """The server may cap commands below the core's hard limit (``--max-command-length``)."""
+        if len(task.command) > self.max_command_length:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"is too long ({len(task.command)} characters, at most {self.max_command_length})",
+                field="command",
+            )
+
+    def live(self, change: Callable[[Task], Task]) -> Callable[[Task], Task]:
+        """``change``, refused with 409 for a deleted task (run inside the store's transaction,
+        so that the check and the change see the same task)."""
+
+        def checked(task: Task) -> Task:
+            if task.deleted_at is not None:
+                raise self.deleted(task)
+            return change(task)
+
+        return checked
+
+    async def change(self, request: Request, change: Callable[[Task], Task]) -> Task:
+        """Apply ``change`` to the task of the path; the agents are told what changed."""
+        task_id = self.task_id(request)
+        try:
+            task = await self.store.call(Store.change_task, task_id, change, now=self.clock())
+        except TaskNotFound:
+            raise self.no_task(task_id) from None
+        if self.dispatcher is not None:
+            self.dispatcher.notify()  # never waits for agents
+        return task
+
+    @staticmethod
     def agent_id(request: Request) -> UUID:
         text = request.path_params["agent_id"]
         try:
@@ -149,19 +217,11 @@ class _Api:
 
     async def create_task(self, request: Request) -> Response:
         await self.guard.require_admin(request)
-        body = await self.read_body(request, CreateTask)
-        if len(body.command) > self.max_command_length:
-            raise ApiError(
-                422,
-                "validation_error",
-                f"is too long ({len(body.command)} characters, at most {self.max_command_length})",
-                field="command",
-            )
-        now = self.clock()
+        data = await self.read_body(request, dict)
+        body = _validated(parse_create, data)
         # The anchor is fixed here, once, so that every agent fires at the same instants.
-        task = Task(
-            id=uuid4(), command=body.command, frequency=body.frequency, anchor=now, created_at=now
-        )
+        task = new_task(body, task_id=uuid4(), now=self.clock())
+        self.check_command(task)
         await self.store.call(Store.create_task, task)
         if self.dispatcher is not None:
             self.dispatcher.notify()  # never waits for agents
@@ -169,6 +229,155 @@ class _Api:
         return JSONResponse(
             unstructure(TaskCreated(command_id=task.id, task=task)), status_code=201
         )
+
+    async def list_tasks(self, request: Request) -> Response:
+        await self.guard.require_reader(request)
+        query = Query(request.query_params)
+        states = query.task_states("state")
+        name = query.name_filter("name", MAX_NAME_LENGTH)
+        agent_id = query.uuid("agent")
+        limit = query.limit(TASKS_PAGE)
+        after = task_cursor(query.cursor("tasks"))
+        tasks = await self.store.call(
+            Store.find_tasks,
+            states=states,
+            name=name,
+            agent_id=agent_id,
+            after=after,
+            limit=limit + 1,
+        )
+        page = tasks[:limit]
+        cursor = None
+        if len(tasks) > limit:
+            cursor = encode_cursor("tasks", to_micros(page[-1].created_at), str(page[-1].id))
+        return JSONResponse(unstructure(TaskList(tasks=page, next_cursor=cursor)))
+
+    async def get_task(self, request: Request) -> Response:
+        await self.guard.require_reader(request)
+        task_id = self.task_id(request)
+        task = await self.store.call(Store.get_task, task_id)
+        if task is None:
+            raise self.no_task(task_id)
+        return JSONResponse(unstructure(task))
+
+    async def edit_task(self, request: Request) -> Response:
+        await self.guard.require_admin(request)
+        self.task_id(request)  # a bad id is refused before the body is read
+        changes = await self.read_body(request, dict)
+        now = self.clock()
+
+        def edit(task: Task) -> Task:
+            edited = _validated(lambda data: edit_task(task, data, now=now), changes)
+            self.check_command(edited)
+            return edited
+
+        task = await self.change(request, self.live(edit))
+        logger.info("edited task %s: %s", task.id, ", ".join(sorted(changes)) or "nothing")
+        return JSONResponse(unstructure(task))
+
+    async def delete_task(self, request: Request) -> Response:
+        await self.guard.require_admin(request)
+        task_id = self.task_id(request)
+        if Query(request.query_params).boolean("purge"):
+            holders = await self.store.call(Store.purge_task, task_id)
+            if holders is None:
+                raise self.no_task(task_id)
+            # No row is left to drive a removal: the reconciler finds the task on each agent
+            # that may still hold it and removes it (and does so when an absent one returns).
+            if self.reconciler is not None:
+                for agent_id in holders:
+                    self.reconciler.notify(agent_id)
+            logger.info("purged task %s and its history", task_id)
+            return Response(status_code=204)
+        now = self.clock()
+        task = await self.change(request, lambda task: delete_task(task, now=now))
+        logger.info("deleted task %s", task.id)
+        return JSONResponse(unstructure(task))
+
+    async def pause_task(self, request: Request) -> Response:
+        await self.guard.require_admin(request)
+        now = self.clock()
+        task = await self.change(request, self.live(lambda task: pause_task(task, now=now)))
+        return JSONResponse(unstructure(task))
+
+    async def resume_task(self, request: Request) -> Response:
+        await self.guard.require_admin(request)
+        now = self.clock()
+        task = await self.change(request, self.live(lambda task: resume_task(task, now=now)))
+        return JSONResponse(unstructure(task))
+
+    async def run_task(self, request: Request) -> Response:
+        await self.guard.require_admin(request)
+        task_id = self.task_id(request)
+        task = await self.store.call(Store.get_task, task_id)
+        if task is None:
+            raise self.no_task(task_id)
+        if task.deleted_at is not None:
+            raise self.deleted(task)
+        # One time for every agent, chosen here: their executions group into one run.
+        scheduled_at = self.clock()
+        agents = [agent.id for agent in await self.store.call(Store.run_targets, task_id)]
+        if self.dispatcher is not None:
+            # Tried until the run's report deadline: after it, the run is over anyway.
+            self.dispatcher.run_now(
+                task_id, scheduled_at, agents, until=scheduled_at + self.report_grace
+            )
+        logger.info("manual run of task %s at %s on %d agents", task_id, scheduled_at, len(agents))
+        started = RunStarted(task_id=task_id, scheduled_at=scheduled_at, agents=agents)
+        return JSONResponse(unstructure(started), status_code=202)
+
+    async def list_runs(self, request: Request) -> Response:
+        await self.guard.require_reader(request)
+        task_id = self.task_id(request)
+        query = Query(request.query_params)
+        status = query.choice("status", RunStatus)
+        limit = query.limit(RUNS_PAGE)
+        before = run_cursor(query.cursor("runs"))
+        found = await self.store.call(
+            runs_of,
+            task_id,
+            now=self.clock(),
+            report_grace=self.report_grace,
+            limit=limit,
+            before=before,
+            status=status,
+        )
+        if found is None:
+            raise self.no_task(task_id)
+        runs, last = found
+        cursor = None if last is None else encode_cursor("runs", to_micros(last))
+        return JSONResponse(unstructure(RunList(runs=runs, next_cursor=cursor)))
+
+    async def list_executions(self, request: Request) -> Response:
+        await self.guard.require_reader(request)
+        task_id = self.task_id(request)
+        query = Query(request.query_params)
+        agent_id = query.uuid("agent")
+        status = query.choice("status", ExecutionStatus)
+        since = query.time("since")
+        until = query.time("until")
+        limit = query.limit(EXECUTIONS_PAGE)
+        after = execution_cursor(task_id, query.cursor("executions"))
+        found = await self.store.call(
+            executions_of,
+            task_id,
+            limit=limit,
+            after=after,
+            agent_id=agent_id,
+            status=status,
+            since=since,
+            until=until,
+        )
+        if found is None:
+            raise self.no_task(task_id)
+        executions, last = found
+        cursor = None
+        if last is not None:
+            cursor = encode_cursor(
+                "executions", to_micros(last.scheduled_at), str(last.agent_id), last.attempt
+            )
+        page = ExecutionList(executions=executions, next_cursor=cursor)
+        return JSONResponse(unstructure(page))
 
     async def latest_output(self, request: Request) -> Response:
         await self.guard.require_reader(request)
@@ -189,7 +398,7 @@ class _Api:
             assigned = await self.store.call(Store.assignment_times, task_id)
             if report.server_id not in assigned:
                 raise forbidden(f"task {task_id} is not assigned to agent {report.server_id}")
-        for name in ("exit_code", "stdout_dropped", "stderr_dropped"):
+        for name in ("attempt", "exit_code", "stdout_dropped", "stderr_dropped"):
             value = getattr(report, name)
             if value is not None and value not in _INT64:
                 raise ApiError(
@@ -223,7 +432,12 @@ class _Api:
         # Issued before the agent row is written: the first push to it already presents the
         # server's token.
         issued = await self.guard.issue(body.agent_id) if issue else None
-        agent = Agent(id=body.agent_id, url=body.url.rstrip("/"), registered_at=self.clock())
+        agent = Agent(
+            id=body.agent_id,
+            url=body.url.rstrip("/"),
+            registered_at=self.clock(),
+            labels=body.labels,
+        )
         record = await self.store.call(Store.upsert_agent, agent)
         self.agent_is_back(record.id)
         logger.info("agent %s registered at %s", record.id, record.url)
@@ -256,14 +470,36 @@ class _Api:
 
     async def list_agents(self, request: Request) -> Response:
         await self.guard.require_reader(request)
+        wanted = Query(request.query_params).labels("label")
         agents = await self.store.call(Store.list_agents)
-        return JSONResponse({"agents": unstructure(agents)})
+        selected = [agent for agent in agents if _has_labels(agent.labels, wanted)]
+        return JSONResponse(unstructure(AgentList(agents=selected)))
+
+    async def get_agent(self, request: Request) -> Response:
+        await self.guard.require_reader(request)
+        agent_id = self.agent_id(request)
+        detail = await self.store.call(Store.agent_detail, agent_id)
+        if detail is None:
+            raise ApiError(404, "agent_not_found", f"no agent with id {agent_id}", field="agent_id")
+        return JSONResponse(unstructure(detail))
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(server_openapi())
+
+
+def _validated(parse: Callable[[dict[str, Any]], T], data: dict[str, Any]) -> T:
+    """``parse(data)``, its :class:`WireError` answered as 422 naming the field."""
+    try:
+        return parse(data)
+    except WireError as error:
+        raise ApiError(422, "validation_error", error.message, field=error.field) from None
+
+
+def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in wanted.items())
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
@@ -327,13 +563,25 @@ def create_app(
         dispatcher.agent_headers = api.guard.agent_headers
     if reconciler is not None:
         reconciler.agent_headers = api.guard.agent_headers
+    task = "/api/v1/tasks/{task_id}"
     routes = [
         Route("/api/v1/tasks/create", api.create_task, methods=["POST"]),
-        Route("/api/v1/tasks/{task_id}/latest_output", api.latest_output, methods=["GET"]),
-        Route("/api/v1/tasks/{task_id}/complete", api.complete, methods=["POST"]),
+        Route("/api/v1/tasks", api.create_task, methods=["POST"]),
+        Route("/api/v1/tasks", api.list_tasks, methods=["GET"]),
+        Route(task, api.get_task, methods=["GET"]),
+        Route(task, api.edit_task, methods=["PATCH"]),
+        Route(task, api.delete_task, methods=["DELETE"]),
+        Route(f"{task}/pause", api.pause_task, methods=["POST"]),
+        Route(f"{task}/resume", api.resume_task, methods=["POST"]),
+        Route(f"{task}/run", api.run_task, methods=["POST"]),
+        Route(f"{task}/runs", api.list_runs, methods=["GET"]),
+        Route(f"{task}/executions", api.list_executions, methods=["GET"]),
+        Route(f"{task}/latest_output", api.latest_output, methods=["GET"]),
+        Route(f"{task}/complete", api.complete, methods=["POST"]),
         Route("/api/v1/agents/register", api.register_agent, methods=["POST"]),
         Route("/api/v1/agents/{agent_id}/heartbeat", api.heartbeat, methods=["POST"]),
         Route("/api/v1/agents", api.list_agents, methods=["GET"]),
+        Route("/api/v1/agents/{agent_id}", api.get_agent, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/api/v1/openapi.json", api.openapi, methods=["GET"]),
     ]

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
 import attrs
 
-from taskscheduler_core import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_REPORT_GRACE, MAX_COMMAND_LENGTH
+from taskscheduler_core import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_REPORT_GRACE,
+    MAX_COMMAND_LENGTH,
+    RetentionPolicy,
+)
 
 from .tls import TlsConfigError, check_ca, check_pair
 
 #: Request bodies larger than this are refused with 413 before they are parsed.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
-#: The most items one page of a listing may hold. No endpoint pages yet (``GET /api/v1/agents``
-#: lists every agent); the first one that does takes ``?limit=`` up to this, and refuses more
-#: with 422.
+#: The most items one page of a listing may hold: ``?limit=`` takes up to this, and more is
+#: refused with 422. (``GET /api/v1/agents`` lists every agent, unpaged.)
 MAX_PAGE_SIZE = 1000
+
+#: History kept per task by default: its newest 1,000 runs, none older than 30 days.
+DEFAULT_KEEP_RUNS = 1000
+DEFAULT_KEEP_DAYS = 30.0
+#: More is surely a typo (and "now minus that" must stay a date); 0 keeps history forever.
+MAX_KEEP_DAYS = 36_500
+#: Likewise for runs (and the pruning reads keep_runs + 1 fire times: that must fit SQLite).
+MAX_KEEP_RUNS = 1_000_000_000
+#: How often the history is pruned to that.
+DEFAULT_PRUNE_INTERVAL = timedelta(seconds=60)
 
 #: An agent not heard from (heartbeat, registration, report) for this long is ``lost``: three
 #: missed heartbeats at the agent's default interval of 5 s.
@@ -71,6 +86,30 @@ def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int)
 def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _keep_runs(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_KEEP_RUNS:
+        raise ValueError(
+            f"--keep-runs must be an integer from 0 (no limit) to {MAX_KEEP_RUNS}, got {value!r}"
+        )
+
+
+def _keep_days(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"--keep-days must be a number of days, got {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_KEEP_DAYS:
+        raise ValueError(
+            f"--keep-days must be a number of days from 0 (no limit) to {MAX_KEEP_DAYS}, "
+            f"got {value!r}"
+        )
+
+
+def _prune_interval(
+    instance: object, attribute: attrs.Attribute[timedelta], value: timedelta
+) -> None:
+    if value <= timedelta(0):
+        raise ValueError(f"--prune-interval must be a positive number of seconds, got {value}")
 
 
 def _command_length(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -154,6 +193,19 @@ class ServerConfig:
     join_token: str | None = attrs.field(default=None, repr=False, validator=_token)
     #: Serve on a non-loopback host without those tokens all the same.
     insecure: bool = False
+    #: History retention (``--keep-runs``, ``--keep-days``): each task keeps its newest
+    #: ``keep_runs`` runs, none older than ``keep_days`` days; 0 turns a rule off. Applied
+    #: every ``prune_interval``; a deleted task is forgotten once its history is gone.
+    keep_runs: int = attrs.field(default=DEFAULT_KEEP_RUNS, validator=_keep_runs)
+    keep_days: float = attrs.field(default=DEFAULT_KEEP_DAYS, validator=_keep_days)
+    prune_interval: timedelta = attrs.field(
+        default=DEFAULT_PRUNE_INTERVAL, validator=_prune_interval
+    )
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        """The retention policy of ``keep_runs`` and ``keep_days`` (0 is no limit: ``None``)."""
+        return RetentionPolicy(keep_runs=self.keep_runs or None, keep_days=self.keep_days or None)
 
     def __attrs_post_init__(self) -> None:
         if self.read_token is not None and self.admin_token is None:

@@ -2,8 +2,14 @@
 
 The store says which assignments are undelivered; the dispatcher pushes each one with
 ``POST {agent}/api/v1/tasks/schedule`` until the agent answers 2xx, then marks it delivered.
-Nothing here is held only in memory: a restarted server reads the undelivered assignments back
-and carries on.
+An ended assignment (the task was deleted, or no longer targets the agent) is delivered the
+same way as ``DELETE {agent}/api/v1/tasks/{task_id}``. Nothing of this is held only in memory:
+a restarted server reads the undelivered assignments back and carries on.
+
+Manual runs (``POST /api/v1/tasks/{id}/run``) go the same way, after the agent's pending
+pushes (so an agent that lacks the task gets it first): ``POST {agent}/api/v1/tasks/{id}/run``
+with the run's time, retried until the run's report deadline. They are held in memory only: a
+manual run is worth trying while its run can still complete, not after a restart.
 
 Each agent has its own *lane* (a trio task), so a slow or dead agent delays no other. A lane
 pushes its agent's assignments one after the other; while its agent is unreachable it waits
@@ -28,6 +34,7 @@ import trio
 from taskscheduler_core import (
     Agent,
     AgentIdentity,
+    RunTaskNow,
     ScheduleTask,
     TaskSpec,
     WireError,
@@ -51,6 +58,14 @@ def _no_headers(agent_id: UUID) -> dict[str, str]:
 
 SCHEDULE_PATH = "/api/v1/tasks/schedule"
 IDENTITY_PATH = "/api/v1/agent"
+TASK_PATH = "/api/v1/tasks/{task_id}"
+RUN_PATH = "/api/v1/tasks/{task_id}/run"
+
+#: Statuses that say "not now" rather than "never": a request refused with one is tried again.
+_TRANSIENT = frozenset({408, 425, 429})
+
+#: One manual run to send an agent: the task, and the run's time.
+_RunKey = tuple[UUID, datetime]
 
 #: What a failed request to an agent can raise: connection, timeout, protocol errors, and a URL
 #: httpx cannot use. All mean "not reachable now"; the dispatcher keeps trying.
@@ -125,6 +140,8 @@ class Dispatcher:
         #: The headers that authenticate the server to an agent (set by ``create_app``).
         self.agent_headers: Callable[[UUID], dict[str, str]] = _no_headers
         self._lanes: dict[UUID, _Lane] = {}
+        #: Manual runs still to send, by agent: when each stops being worth sending.
+        self._runs: dict[UUID, dict[_RunKey, datetime]] = {}
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
         # Set when there may be undelivered work the lanes do not know of yet.
@@ -155,6 +172,21 @@ class Dispatcher:
         else:
             self._changed.set()
 
+    def run_now(
+        self, task_id: UUID, scheduled_at: datetime, agent_ids: list[UUID], *, until: datetime
+    ) -> None:
+        """Send each of ``agent_ids`` a manual run of ``task_id`` for ``scheduled_at``, tried
+        until ``until``; never blocks."""
+        for agent_id in agent_ids:
+            self._runs.setdefault(agent_id, {})[(task_id, scheduled_at)] = until
+            lane = self._lanes.get(agent_id)
+            if lane is not None:
+                lane.wake(urgent=False)
+            elif self._nursery is not None:
+                self._start_lane(agent_id).wake(urgent=False)
+            else:
+                self._changed.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver until cancelled."""
         async with (
@@ -180,7 +212,8 @@ class Dispatcher:
         while True:
             await self._changed.wait()
             self._changed = trio.Event()
-            for agent_id in await self._store.call(Store.agents_awaiting_delivery):
+            awaiting = await self._store.call(Store.agents_awaiting_delivery)
+            for agent_id in awaiting | {agent for agent, runs in self._runs.items() if runs}:
                 lane = self._lanes.get(agent_id) or self._start_lane(agent_id)
                 lane.wake(urgent=False)
 
@@ -200,7 +233,7 @@ class Dispatcher:
                 lane.urgent = False
                 backoff.reset()
             pending = await self._store.call(Store.undelivered, lane.agent_id)
-            if await self._push_all(pending, quiet=failures > 0):
+            if await self._deliver(lane.agent_id, pending, quiet=failures > 0):
                 if failures:
                     logger.info("agent %s is reachable again", lane.agent_id)
                 failures = 0
@@ -215,48 +248,108 @@ class Dispatcher:
             finally:
                 lane.backing_off = False
 
-    async def _push_all(self, pending: list[Assignment], *, quiet: bool) -> bool:
-        """Push each assignment; ``True`` if all were acknowledged.
+    async def _deliver(self, agent_id: UUID, pending: list[Assignment], *, quiet: bool) -> bool:
+        """Push each assignment, then send the manual runs; ``True`` if all were acknowledged.
 
         Stops at the first transport error (the agent is unreachable: trying its other tasks
         now would only add timeouts), but goes on past an error status, which concerns one task.
         """
         all_delivered = True
-        for assignment in pending:
-            try:
+        try:
+            for assignment in pending:
                 delivered = await self._push(assignment, quiet=quiet)
-            except UNREACHABLE as error:
-                log = logger.debug if quiet else logger.warning
-                log(
-                    "cannot reach agent %s at %s: %r",
-                    assignment.agent_id,
-                    assignment.agent_url,
-                    error,
-                )
-                return False
-            all_delivered = all_delivered and delivered
+                all_delivered = all_delivered and delivered
+            if self._runs.get(agent_id):
+                all_delivered = await self._send_runs(agent_id, quiet=quiet) and all_delivered
+        except UNREACHABLE as error:
+            log = logger.debug if quiet else logger.warning
+            log("cannot reach agent %s: %r", agent_id, error)
+            return False
         return all_delivered
 
     async def _push(self, assignment: Assignment, *, quiet: bool) -> bool:
         assert self._client is not None
-        body = unstructure(ScheduleTask.of(TaskSpec.of(assignment.task)))
-        response = await self._client.post(
-            assignment.agent_url + SCHEDULE_PATH,
-            json=body,
-            headers=self.agent_headers(assignment.agent_id),
-        )
+        headers = self.agent_headers(assignment.agent_id)
+        task_id = assignment.task.id
+        if assignment.removing:
+            what = "removal of task"
+            response = await self._client.delete(
+                assignment.agent_url + TASK_PATH.format(task_id=task_id), headers=headers
+            )
+        else:
+            what = "task"
+            response = await self._client.post(
+                assignment.agent_url + SCHEDULE_PATH,
+                json=unstructure(ScheduleTask.of(TaskSpec.of(assignment.task))),
+                headers=headers,
+            )
         if not response.is_success:
             (logger.debug if quiet else logger.warning)(
-                "agent %s refused task %s: HTTP %d %s",
+                "agent %s refused %s %s: HTTP %d %s",
                 assignment.agent_id,
-                assignment.task.id,
+                what,
+                task_id,
                 response.status_code,
                 response.text[:200],
             )
             return False
         await self._store.call(Store.mark_delivered, assignment, self._clock())
-        logger.debug("delivered task %s to agent %s", assignment.task.id, assignment.agent_id)
+        logger.debug("delivered %s %s to agent %s", what, task_id, assignment.agent_id)
         return True
+
+    async def _send_runs(self, agent_id: UUID, *, quiet: bool) -> bool:
+        """Send the agent its manual runs; ``True`` when none is left to retry.
+
+        An agent that answers ``task_not_found`` lacks the task (it lost it, or a push is still
+        to come): its assignment is pushed again, and the run follows on the next attempt.
+        """
+        assert self._client is not None
+        runs = self._runs.get(agent_id, {})
+        agent = await self._store.call(Store.get_agent, agent_id)
+        all_sent = True
+        for (task_id, scheduled_at), until in sorted(runs.items()):
+            if agent is None or self._clock() > until:
+                logger.warning(
+                    "gave up the manual run of task %s at %s on agent %s: not delivered in time",
+                    task_id,
+                    scheduled_at,
+                    agent_id,
+                )
+                del runs[(task_id, scheduled_at)]
+                continue
+            response = await self._client.post(
+                agent.url + RUN_PATH.format(task_id=task_id),
+                json=unstructure(RunTaskNow(scheduled_at=scheduled_at)),
+                headers=self.agent_headers(agent_id),
+            )
+            status = response.status_code
+            if response.is_success:
+                del runs[(task_id, scheduled_at)]
+                logger.debug("sent the manual run of task %s to agent %s", task_id, agent_id)
+                continue
+            if status == 404 and _error_code(response) == "task_not_found":
+                await self._store.call(
+                    Store.redeliver, agent_id, [task_id], delivered_before=self._clock()
+                )
+                all_sent = False
+            elif 400 <= status < 500 and status not in _TRANSIENT:
+                logger.warning(
+                    "agent %s refused the manual run of task %s: HTTP %d %s",
+                    agent_id,
+                    task_id,
+                    status,
+                    response.text[:200],
+                )
+                del runs[(task_id, scheduled_at)]
+            else:
+                (logger.debug if quiet else logger.warning)(
+                    "agent %s could not take the manual run of task %s now: HTTP %d",
+                    agent_id,
+                    task_id,
+                    status,
+                )
+                all_sent = False
+        return all_sent
 
     async def _resolve(self, url: str) -> None:
         """Ask the agent at ``url`` who it is, until it answers; then register it."""
@@ -280,7 +373,19 @@ class Dispatcher:
                 "cannot resolve agent %s (attempt %d): %s", url, attempts, problem
             )
             await trio.sleep(backoff.next_delay())
-        agent = Agent(id=identity.agent_id, url=url, registered_at=self._clock())
+        agent = Agent(
+            id=identity.agent_id, url=url, registered_at=self._clock(), labels=identity.labels
+        )
         await self._store.call(Store.upsert_agent, agent)
         logger.info("agent %s at %s resolved from AVAILABLE_SERVERS", agent.id, url)
         self.notify(agent.id)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The ``code`` of an error answer in our format, if it is one."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None

@@ -8,6 +8,7 @@ reads little more than the runs inside the grace window. Only the chosen run's o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -17,6 +18,31 @@ from .store import Store
 
 #: Runs read per page while looking for the newest complete one.
 RUNS_PER_PAGE = 50
+
+
+def expected_agents(store: Store, task_id: UUID) -> Callable[[datetime], frozenset[UUID]]:
+    """Which agents a run of ``task_id`` waits for, by its fire time, read once from ``store``.
+
+    An agent is waited for only for the fire times while it was assigned the task (after it was
+    assigned, before its assignment ended: the task was deleted, or its targets or the agent's
+    labels changed), and only while it is not lost: a silent agent would hold every run back
+    until the report deadline (which bounds the wait for every agent in any case).
+    """
+    spans = store.assignment_spans(task_id)
+    lost = store.lost_agents()
+
+    def expected(scheduled_at: datetime) -> frozenset[UUID]:
+        return frozenset(
+            agent
+            for agent, (since, until) in spans.items()
+            if agent not in lost and _assigned_at(scheduled_at, since, until)
+        )
+
+    return expected
+
+
+def _assigned_at(moment: datetime, since: datetime, until: datetime | None) -> bool:
+    return since < moment and (until is None or until > moment)
 
 
 def latest_output_of(
@@ -29,17 +55,7 @@ def latest_output_of(
     """
     if store.get_task(task_id) is None:
         return None
-    assigned = store.assignment_times(task_id)
-    lost = store.lost_agents()
-
-    def expected(scheduled_at: datetime) -> frozenset[UUID]:
-        # An agent is waited for only for the fire times after it was assigned the task, and
-        # only while it is not lost: a silent agent would hold every run back until the
-        # report deadline (which bounds the wait for every agent in any case).
-        return frozenset(
-            agent for agent, since in assigned.items() if since < scheduled_at and agent not in lost
-        )
-
+    expected = expected_agents(store, task_id)
     before: datetime | None = None
     while True:
         runs = store.recent_runs(

@@ -8,7 +8,11 @@ each alive agent, the server asks the agent what it has (``GET /api/v1/tasks``) 
 - a task it should have but lacks, or holds with another command, frequency or anchor, is
   marked undelivered and handed to the :class:`~.dispatch.Dispatcher`, which pushes it (with
   its retries) as it pushes a new task;
-- a task it has but is not assigned is removed: ``DELETE /api/v1/tasks/{task_id}``.
+- a task it has but is not assigned is removed: ``DELETE /api/v1/tasks/{task_id}`` (a purged
+  task, for one, leaves no assignment behind to drive its removal).
+
+The agent's identity also carries its labels: an agent of ``AVAILABLE_SERVERS`` (which never
+registers) that restarted with other labels has its assignments follow them here.
 
 The agent's listing is read *before* its assignments, so that a task created meanwhile is
 never taken for an extra one; and an assignment delivered after the listing was asked for is
@@ -80,6 +84,7 @@ class Reconciliation:
 class _Listing:
     specs: dict[UUID, TaskSpec]
     listed_at: datetime
+    labels: dict[str, str]
 
 
 class Reconciler:
@@ -185,6 +190,11 @@ class Reconciler:
         except AgentUnusable as error:
             logger.debug("cannot reconcile agent %s at %s: %s", agent_id, agent.url, error)
             return None
+        if listing.labels != agent.labels and await self._store.call(
+            Store.update_agent_labels, agent_id, listing.labels, now=listing.listed_at
+        ):
+            logger.info("agent %s now has labels %s", agent_id, listing.labels)
+            self._dispatcher.notify(agent_id)
         assignments = await self._store.call(Store.assignments_of, agent_id)
         should = {a.task.id: TaskSpec.of(a.task) for a in assignments}
         lacking = [
@@ -225,7 +235,11 @@ class Reconciler:
             specs = structure(data.get("tasks"), list[TaskSpec])
         except WireError as error:
             raise AgentUnusable(f"unexpected task listing: {error}") from None
-        return _Listing(specs={spec.task_id: spec for spec in specs}, listed_at=listed_at)
+        return _Listing(
+            specs={spec.task_id: spec for spec in specs},
+            listed_at=listed_at,
+            labels=identity.labels,
+        )
 
     async def _get_json(self, url: str, headers: dict[str, str] | None = None) -> dict[str, object]:
         assert self._client is not None, "reconcile() is for while run() runs"

@@ -16,10 +16,17 @@ from taskscheduler_core import Task
 
 @attrs.frozen(kw_only=True)
 class Assignment:
-    """Task ``task`` is to run on agent ``agent_id``, reached at ``agent_url``.
+    """Task ``task`` is to run on agent ``agent_id``, reached at ``agent_url``, since
+    ``assigned_at``; or, once ``unassigned_at`` is set, is to be removed from it.
 
-    ``revision`` grows every time the assignment must be pushed again (the agent re-registered),
-    so that a push that was already in flight cannot mark the newer need as delivered.
+    An assignment ends when the task is deleted or its targets (or the agent's labels) no longer
+    pick the agent. Its row is kept, so that a run's expected agents can still be told and the
+    agent's late reports still accepted. ``delivered_at`` is when the agent acknowledged the
+    last change: the spec pushed, or the removal done.
+
+    ``revision`` grows every time the assignment must be pushed again (the agent re-registered,
+    the task changed), so that a push that was already in flight cannot mark the newer need as
+    delivered.
     """
 
     task: Task
@@ -28,10 +35,16 @@ class Assignment:
     assigned_at: datetime
     delivered_at: datetime | None = None
     revision: int = 0
+    unassigned_at: datetime | None = None
 
     @property
     def delivered(self) -> bool:
         return self.delivered_at is not None
+
+    @property
+    def removing(self) -> bool:
+        """Whether this is a removal: the agent must drop the task, not schedule it."""
+        return self.unassigned_at is not None
 
 
 @attrs.frozen(kw_only=True)

@@ -1,5 +1,5 @@
-"""Running the server: the store, hypercorn (trio worker), the dispatcher, the reconciler and
-the liveness watch, in one nursery."""
+"""Running the server: the store, hypercorn (trio worker), the dispatcher, the reconciler, the
+liveness watch and the pruning of the history, in one nursery."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .config import ServerConfig
 from .dispatch import Dispatcher
 from .liveness import watch_liveness
 from .reconcile import Reconciler
+from .retention import prune_history
 from .store import AsyncStore, Store
 
 logger = logging.getLogger("taskscheduler.server")
@@ -70,7 +71,7 @@ async def serve(
     ``await nursery.start(serve, config)`` returns e.g. ``"http://127.0.0.1:54321"`` once the
     server accepts connections (useful with ``port=0``). On cancellation it stops accepting,
     gives open requests ``graceful_timeout`` to finish, stops the background tasks (dispatch,
-    reconciliation, liveness) and closes the database.
+    reconciliation, liveness, pruning) and closes the database.
     """
     check_exposure(
         config.host,
@@ -98,6 +99,14 @@ async def serve(
                 await nursery.start(reconciler.run)
                 await nursery.start(
                     functools.partial(watch_liveness, store, lost_after=config.lost_after)
+                )
+                await nursery.start(
+                    functools.partial(
+                        prune_history,
+                        store,
+                        policy=config.retention,
+                        interval=config.prune_interval,
+                    )
                 )
                 base_url = binds[0]
                 logger.info("taskscheduler server listening on %s", base_url)

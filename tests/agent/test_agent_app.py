@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -60,12 +60,22 @@ async def test_the_original_three_fields_schedule_a_task_anchored_at_receipt(
         assert response.status_code == 200
         assert response.json() == {"task_id": TASK_ID, "changed": True}
         listed = (await http.get("/api/v1/tasks")).json()["tasks"]
+    # every option at its default (docs/api.md), the task not paused
     assert listed == [
         {
             "task_id": TASK_ID,
             "command": "echo hello world",
             "frequency": "every 30 seconds",
             "anchor": "2026-11-28T03:16:03.500000Z",
+            "paused": False,
+            "timezone": "UTC",
+            "timeout": None,
+            "overlap": "skip",
+            "starting_deadline": None,
+            "retries": 0,
+            "retry_delay": 1.0,
+            "env": {},
+            "max_output_bytes": None,
         }
     ]
     assert engine.scheduler.next_deadline() == START + timedelta(seconds=32.5)
@@ -107,7 +117,7 @@ async def test_tasks_are_listed_by_id(client: httpx.AsyncClient) -> None:
 
 async def test_identity_and_health(client: httpx.AsyncClient) -> None:
     identity = await client.get("/api/v1/agent")
-    assert identity.json() == {"agent_id": str(AGENT_ID), "version": __version__}
+    assert identity.json() == {"agent_id": str(AGENT_ID), "version": __version__, "labels": {}}
     health = await client.get("/healthz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
 
@@ -275,3 +285,100 @@ async def test_delete_of_a_task_id_that_is_not_a_uuid_is_422(
 ) -> None:
     response = await client.delete(f"/api/v1/tasks/{task_id}")
     assert_error(response, 422, "validation_error", "task_id")
+
+
+async def test_a_spec_with_every_option_is_kept_whole(client: httpx.AsyncClient) -> None:
+    options = {
+        "anchor": "2026-11-28T03:16:01.000000Z",
+        "paused": True,
+        "timezone": "Europe/Paris",
+        "timeout": 30.0,
+        "overlap": "replace",
+        "starting_deadline": 5.0,
+        "retries": 2,
+        "retry_delay": 0.5,
+        "env": {"GREETING": "hi"},
+        "max_output_bytes": 100,
+    }
+    body = ORIGINAL_BODY | {"frequency": "30 2 * * *"} | options
+    response = await client.post("/api/v1/tasks/schedule", json=body)
+    assert response.json() == {"task_id": TASK_ID, "changed": True}
+    (listed,) = (await client.get("/api/v1/tasks")).json()["tasks"]
+    assert listed == body
+    again = await client.post("/api/v1/tasks/schedule", json=body)
+    assert again.json()["changed"] is False
+    resumed = await client.post("/api/v1/tasks/schedule", json=body | {"paused": False})
+    assert resumed.json()["changed"] is True
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("env", {"TSCHED_TASK_ID": "mine"}),
+        ("overlap", "sometimes"),
+        ("timeout", 0),
+        ("retries", 11),
+        ("timezone", "Mars/Olympus_Mons"),
+        ("max_output_bytes", 0),
+    ],
+)
+async def test_a_bad_option_is_422_naming_it(
+    client: httpx.AsyncClient, option: str, value: object
+) -> None:
+    response = await client.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY | {option: value})
+    assert_error(response, 422, "validation_error", option)
+    assert (await client.get("/api/v1/tasks")).json()["tasks"] == []
+
+
+async def test_run_now_starts_a_manual_execution_once(
+    mock_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    settle: Callable[..., Awaitable[None]],
+) -> None:
+    delivered: list[Execution] = []
+
+    async def deliver(execution: Execution) -> None:
+        delivered.append(execution)
+
+    engine = Engine(agent_id=AGENT_ID, deliver=deliver, clock=WallClock(start=START))
+    await nursery.start(engine.run)
+    app = create_app(engine=engine, agent_id=AGENT_ID)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://agent"
+    ) as http:
+        await http.post("/api/v1/tasks/schedule", json=ORIGINAL_BODY | {"paused": True})
+        body = {"scheduled_at": "2026-11-28T03:16:05.5Z"}
+        first = await http.post(f"/api/v1/tasks/{TASK_ID}/run", json=body)
+        assert (first.status_code, first.json()) == (202, {})
+        again = await http.post(f"/api/v1/tasks/{TASK_ID}/run", json=body)
+        assert (again.status_code, again.json()) == (202, {})
+
+        unknown = await http.post(f"/api/v1/tasks/{uuid4()}/run", json=body)
+        assert_error(unknown, 404, "task_not_found", "task_id")
+        not_a_uuid = await http.post("/api/v1/tasks/nope/run", json=body)
+        assert_error(not_a_uuid, 422, "validation_error", "task_id")
+        for bad in ({}, {"scheduled_at": "soon"}, {"scheduled_at": "2026-11-28T03:16:05"}):
+            response = await http.post(f"/api/v1/tasks/{TASK_ID}/run", json=bad)
+            assert_error(response, 422, "validation_error", "scheduled_at")
+        wrong_method = await http.get(f"/api/v1/tasks/{TASK_ID}/run")
+        assert_error(wrong_method, 405, "method_not_allowed", None)
+
+        await settle(lambda: delivered)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    (manual,) = delivered
+    assert (manual.trigger.value, manual.status.value, manual.stdout) == (
+        "manual",
+        "succeeded",
+        "hello world\n",
+    )
+    assert manual.scheduled_at == START + timedelta(seconds=4.5)
+
+
+async def test_the_identity_shows_the_agents_labels() -> None:
+    engine = Engine(agent_id=AGENT_ID, deliver=_ignore, clock=WallClock(start=START))
+    app = create_app(engine=engine, agent_id=AGENT_ID, labels={"role": "web", "zone": "eu-1"})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://agent"
+    ) as http:
+        identity = (await http.get("/api/v1/agent")).json()
+    assert identity["labels"] == {"role": "web", "zone": "eu-1"}

@@ -83,7 +83,11 @@ async def test_an_agent_the_server_forgot_registers_again(
     await wait_for(lambda: len(server.heartbeats) >= 2)
     server.known.clear()  # its database was replaced, say
     await wait_for(lambda: len(server.registrations) == 2)
-    assert server.registrations[1] == {"agent_id": str(started.agent_id), "url": started.url}
+    assert server.registrations[1] == {
+        "agent_id": str(started.agent_id),
+        "url": started.url,
+        "labels": {},
+    }
     count = len(server.heartbeats)
     await wait_for(lambda: len(server.heartbeats) >= count + 2)  # and it goes on
     assert len(server.registrations) == 2

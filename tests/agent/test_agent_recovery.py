@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import attrs
 import pytest
@@ -29,7 +29,7 @@ from taskscheduler_agent import (
     run_agent,
 )
 from taskscheduler_agent.leftovers import identify
-from taskscheduler_core import format_time
+from taskscheduler_core import StartExecution, TaskSpec, Trigger, format_time, parse_recurrence
 
 SLOT = datetime(2026, 11, 28, 3, 16, 1, tzinfo=UTC)
 
@@ -60,6 +60,19 @@ def agent_config(tmp_path: Path, **options: Any) -> AgentConfig:
     return AgentConfig(**({"data_dir": tmp_path / "agent", "port": 0} | fast | options))
 
 
+def starting(
+    task_id: UUID, *, attempt: int = 1, trigger: Trigger = Trigger.SCHEDULE
+) -> StartExecution:
+    """What the engine hands the state file for an execution about to start."""
+    spec = TaskSpec(
+        task_id=task_id,
+        command="sleep 30",
+        frequency=parse_recurrence("every 1 seconds"),
+        anchor=SLOT,
+    )
+    return StartExecution(task=spec, scheduled_at=SLOT, attempt=attempt, trigger=trigger)
+
+
 def journal(data_dir: Path) -> list[tuple[str, str, str]]:
     with sqlite3.connect(data_dir / STATE_FILE) as connection:
         return connection.execute("SELECT task_id, scheduled_at, status FROM journal").fetchall()
@@ -78,7 +91,7 @@ async def test_a_leftover_group_is_killed_and_its_run_recorded_once(
     await wait_for(lambda: len(live_group_members(orphan.pid)) >= 2)  # the shell forked
     # what the killed agent had written: the slot taken, the command's group
     with AgentState(config.data_dir / STATE_FILE) as state:
-        state.begin_slots({}, [(task_id, SLOT)], started_at=SLOT)
+        state.begin_slots({}, [starting(task_id)], started_at=SLOT)
         state.process_started(task_id, SLOT, orphan.pid)
 
     collector = await start_collector()
@@ -96,6 +109,7 @@ async def test_a_leftover_group_is_killed_and_its_run_recorded_once(
     assert report["server_id"] == str(started.agent_id)
     assert (report["status"], report["exit_code"]) == ("error", None)
     assert report["scheduled_at"] == format_time(SLOT)
+    assert (report["attempt"], report["trigger"], report["final"]) == (1, "schedule", True)
     assert "interrupted" in report["stderr"]
     assert f"process group {orphan.pid}) was killed" in report["stderr"]
     assert journal(config.data_dir) == [(str(task_id), format_time(SLOT), "error")]
@@ -111,7 +125,10 @@ async def test_a_run_interrupted_before_its_process_was_saved_is_recorded_too(
     config.data_dir.mkdir()
     task_id = uuid4()
     with AgentState(config.data_dir / STATE_FILE) as state:
-        state.begin_slots({}, [(task_id, SLOT)], started_at=SLOT)
+        # a manual run's second attempt (a retry): reported with both, and final
+        state.begin_slots(
+            {}, [starting(task_id, attempt=2, trigger=Trigger.MANUAL)], started_at=SLOT
+        )
     collector = await start_collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(run_agent, attrs.evolve(config, server_url=collector.url))
@@ -119,6 +136,7 @@ async def test_a_run_interrupted_before_its_process_was_saved_is_recorded_too(
         nursery.cancel_scope.cancel()
     (report,) = collector.reports_for(task_id)
     assert report["status"] == "error"
+    assert (report["attempt"], report["trigger"], report["final"]) == (2, "manual", True)
     assert "before its process was recorded" in report["stderr"]
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import pytest
 import trio
 from starlette.applications import Starlette
@@ -17,7 +18,14 @@ from starlette.routing import Route
 
 from processes import free_port
 from taskscheduler_agent import Backoff, MemoryOutbox, Reporter
-from taskscheduler_core import Execution, ExecutionReport, ExecutionStatus, structure, unstructure
+from taskscheduler_core import (
+    Execution,
+    ExecutionReport,
+    ExecutionStatus,
+    Trigger,
+    structure,
+    unstructure,
+)
 
 START = datetime(2026, 11, 28, 3, 16, 1, tzinfo=UTC)
 AGENT_ID = UUID("0b6d6c2e-8f1a-4a47-9c57-0c1f2b0f7a11")
@@ -203,3 +211,43 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
         for _ in range(20):
             assert full / 2 <= backoff.delay(failures) <= full
     assert 0.1 <= backoff.delay(0) <= 0.2
+
+
+@pytest.mark.parametrize("status", [503, 404])
+async def test_the_outbox_is_read_a_page_at_a_time_and_delivered_whole(
+    status: int, nursery: trio.Nursery, start_collector: StartCollector, wait_for: WaitFor
+) -> None:
+    # a failing report fills the first page (of 1): the pages behind it are still delivered
+    broken = uuid4()
+    collector = await start_collector(status_for={str(broken): status})
+    outbox = MemoryOutbox()
+    reporter = Reporter(server_url=collector.url, outbox=outbox, backoff=FAST, page_size=1)
+    await reporter.submit(execution(broken))
+    good = [execution(k=k) for k in range(1, 8)]
+    for each in good:
+        await reporter.submit(each)
+    await nursery.start(reporter.run)
+    await wait_for(lambda: len(collector.reports) == len(good))
+    assert {task_id for task_id, _ in collector.reports} == {str(e.task_id) for e in good}
+    if status == 503:  # still retried, each with its own backoff
+        await wait_for(lambda: len(outbox) == 1)
+    else:  # refused for good: dropped
+        await wait_for(lambda: len(outbox) == 0)
+
+
+async def test_each_attempt_is_a_report_of_its_own(
+    nursery: trio.Nursery, start_collector: StartCollector, wait_for: WaitFor
+) -> None:
+    collector = await start_collector()
+    outbox = MemoryOutbox()
+    reporter = Reporter(server_url=collector.url, outbox=outbox, backoff=FAST)
+    task_id = uuid4()
+    first = attrs.evolve(execution(task_id), status=ExecutionStatus.FAILED, final=False)
+    second = attrs.evolve(execution(task_id), attempt=2, trigger=Trigger.MANUAL)
+    await reporter.submit(first)
+    await reporter.submit(second)
+    assert await outbox.pending() == [first, second]
+    await nursery.start(reporter.run)
+    await wait_for(lambda: len(collector.reports) == 2)
+    sent = [(b["attempt"], b["trigger"], b["final"]) for b in collector.reports_for(task_id)]
+    assert sent == [(1, "schedule", False), (2, "manual", True)]

@@ -37,7 +37,9 @@ async def test_registers_runs_a_scheduled_task_and_reports_it(
     assert started.agent_id == load_or_create_agent_id(config.data_dir)
 
     await wait_for(lambda: collector.registrations)
-    assert collector.registrations == [{"agent_id": str(started.agent_id), "url": started.url}]
+    assert collector.registrations == [
+        {"agent_id": str(started.agent_id), "url": started.url, "labels": {}}
+    ]
 
     task_id = str(uuid4())
     async with httpx.AsyncClient(base_url=started.url) as http:

@@ -8,6 +8,7 @@ import pytest
 
 import taskscheduler_client
 from taskscheduler_client import (
+    AgentNotFound,
     ApiError,
     ClientError,
     ConnectionFailed,
@@ -15,6 +16,7 @@ from taskscheduler_client import (
     OutputTimeout,
     RequestTimeout,
     ServerError,
+    TaskDeleted,
     TaskNotFound,
     TransportError,
     UnexpectedResponse,
@@ -50,6 +52,8 @@ def test_all_is_sorted_and_complete() -> None:
         (ApiError, (ClientError,)),
         (InvalidRequest, (ApiError, ValueError)),
         (TaskNotFound, (ApiError, LookupError)),
+        (AgentNotFound, (ApiError, LookupError)),
+        (TaskDeleted, (ApiError,)),
         (ServerError, (ApiError,)),
         (UnexpectedResponse, (ApiError,)),
         (TransportError, (ClientError,)),

@@ -1,4 +1,4 @@
-"""Parsing ``every <integer> (seconds|minutes|hours)`` and the Frequency value."""
+"""Parsing ``every <integer> (seconds|minutes|hours|days|weeks)`` and the Frequency value."""
 
 from __future__ import annotations
 
@@ -42,6 +42,13 @@ MAX_SECONDS = int(MAX_INTERVAL.total_seconds())
         (f"every {MAX_SECONDS} seconds", MAX_SECONDS, Unit.SECONDS),
         (f"every {MAX_SECONDS // 60} minutes", MAX_SECONDS // 60, Unit.MINUTES),
         (f"every {MAX_SECONDS // 3600} hours", MAX_SECONDS // 3600, Unit.HOURS),
+        ("every 1 day", 1, Unit.DAYS),
+        ("every 3 days", 3, Unit.DAYS),
+        ("EVERY 2 DAY", 2, Unit.DAYS),
+        ("every 366 days", 366, Unit.DAYS),
+        ("every 1 week", 1, Unit.WEEKS),
+        ("Every 2 Weeks", 2, Unit.WEEKS),
+        ("every 52 weeks", 52, Unit.WEEKS),
     ],
 )
 def test_accepts(text: str, count: int, unit: Unit) -> None:
@@ -61,7 +68,10 @@ def test_accepts(text: str, count: int, unit: Unit) -> None:
         ("every 0x10 seconds", "'0x10'"),
         ("every five minutes", "'five'"),
         ("every 10 fortnights", "unknown unit 'fortnights'"),
-        ("every 10 days", "unknown unit 'days'"),
+        ("every 10 months", "unknown unit 'months'"),
+        ("every 10 fortnight", "expected seconds, minutes, hours, days or weeks"),
+        ("every 367 days", "366 days"),
+        ("every 53 weeks", "366 days"),
         ("every 10 secs", "unknown unit 'secs'"),
         ("every 10 s", "unknown unit 's'"),
         ("30 seconds", "expected 'every <integer>"),
@@ -117,6 +127,22 @@ def test_interval_and_seconds() -> None:
     frequency = parse_frequency("every 90 minutes")
     assert frequency.seconds == 5400
     assert frequency.interval == timedelta(minutes=90)
+
+
+def test_days_and_weeks_are_fixed_lengths_of_real_time() -> None:
+    assert Unit.DAYS.value == 86400
+    assert Unit.WEEKS.value == 604800
+    assert parse_frequency("every 2 days").interval == timedelta(days=2)
+    assert parse_frequency("every 1 week").interval == timedelta(weeks=1)
+    assert str(parse_frequency(" every 01 Week ")) == "every 1 weeks"
+    assert Frequency(count=52, unit=Unit.WEEKS).interval <= MAX_INTERVAL
+    with pytest.raises(FrequencyError, match="366 days"):
+        Frequency(count=53, unit=Unit.WEEKS)
+
+
+def test_the_grammar_in_the_error_names_every_unit() -> None:
+    with pytest.raises(FrequencyError, match=r"\(seconds\|minutes\|hours\|days\|weeks\)"):
+        parse_frequency("every 30")
 
 
 @pytest.mark.parametrize("count", [0, -1, True, 1.0, "1"])

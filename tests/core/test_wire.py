@@ -187,6 +187,9 @@ def test_execution_on_the_wire() -> None:
         "stderr": "",
         "stdout_dropped": 0,
         "stderr_dropped": 0,
+        "attempt": 1,
+        "trigger": "schedule",
+        "final": True,
     }
 
 
@@ -206,7 +209,22 @@ def test_task_created_is_flat_with_command_id() -> None:
         "frequency": "every 30 seconds",
         "anchor": TIME_TEXT,
         "created_at": TIME_TEXT,
+        "updated_at": None,
+        "name": None,
+        "state": "active",
+        "paused": False,
+        "deleted_at": None,
+        "targets": {"agents": None, "labels": None},
+        "timezone": "UTC",
+        "timeout": None,
+        "overlap": "skip",
+        "starting_deadline": None,
+        "retries": 0,
+        "retry_delay": 1.0,
+        "env": {},
+        "max_output_bytes": None,
     }
+    assert structure(wire, TaskCreated).task == task
 
 
 # --- the bodies of the original design -----------------------------------------------------------

@@ -65,18 +65,27 @@ async def start_http(
 
 class FakeAgent:
     """A tiny agent peer: keeps what it is told to schedule, lists it, removes it on ``DELETE``,
-    and says who it is.
+    takes manual runs of what it holds, and says who it is (with its ``labels``).
 
     It is a real HTTP server (served by :func:`start_http`), not a mock of one. ``tasks`` is
-    what it holds now (a test may change it, as a wiped disk would); ``scheduled`` and
-    ``deleted`` are every request it got, in order.
+    what it holds now (a test may change it, as a wiped disk would); ``scheduled``, ``deleted``
+    and ``runs`` are every request it got, in order (``events`` all three, interleaved).
     """
 
-    def __init__(self, agent_id: UUID | None = None, *, refuse: int = 0) -> None:
+    def __init__(
+        self,
+        agent_id: UUID | None = None,
+        *,
+        refuse: int = 0,
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self.agent_id = agent_id or uuid4()
+        self.labels = labels or {}
         self.scheduled: list[dict[str, Any]] = []
         self.tasks: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
+        self.runs: list[tuple[str, str]] = []  # (task id, scheduled_at) of each run taken
+        self.events: list[tuple[str, str]] = []  # ("schedule" | "delete" | "run", task id)
         self.listings = 0
         self.identity_requests = 0
         self.refuse = refuse  # answer this many schedule requests with 503 first
@@ -85,6 +94,7 @@ class FakeAgent:
                 Route("/api/v1/tasks/schedule", self._schedule, methods=["POST"]),
                 Route("/api/v1/tasks", self._list, methods=["GET"]),
                 Route("/api/v1/tasks/{task_id}", self._delete, methods=["DELETE"]),
+                Route("/api/v1/tasks/{task_id}/run", self._run, methods=["POST"]),
                 Route("/api/v1/agent", self._identity, methods=["GET"]),
             ]
         )
@@ -99,6 +109,7 @@ class FakeAgent:
             return JSONResponse({"error": {"code": "busy", "message": "later"}}, status_code=503)
         body = await request.json()
         self.scheduled.append(body)
+        self.events.append(("schedule", body["task_id"]))
         self.tasks[body["task_id"]] = body
         return JSONResponse({"task_id": body["task_id"], "changed": True})
 
@@ -109,12 +120,25 @@ class FakeAgent:
     async def _delete(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
         self.deleted.append(task_id)
+        self.events.append(("delete", task_id))
         removed = self.tasks.pop(task_id, None) is not None
         return JSONResponse({"task_id": task_id, "removed": removed})
 
+    async def _run(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        if task_id not in self.tasks:
+            error = {"code": "task_not_found", "message": "not here", "field": "task_id"}
+            return JSONResponse({"error": error}, status_code=404)
+        body = await request.json()
+        self.runs.append((task_id, body["scheduled_at"]))
+        self.events.append(("run", task_id))
+        return JSONResponse({}, status_code=202)
+
     async def _identity(self, request: Request) -> Response:
         self.identity_requests += 1
-        return JSONResponse({"agent_id": str(self.agent_id), "version": "test"})
+        return JSONResponse(
+            {"agent_id": str(self.agent_id), "version": "test", "labels": self.labels}
+        )
 
 
 async def wait_until(

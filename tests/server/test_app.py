@@ -103,12 +103,15 @@ async def test_create_accepts_singular_units_and_any_case(
     assert response.json()["frequency"] == canonical
 
 
-async def test_create_ignores_unknown_fields(client: httpx.AsyncClient) -> None:
+async def test_create_refuses_unknown_fields(client: httpx.AsyncClient, store: Store) -> None:
+    # a typo of an option ("timout") must not silently create a task without it
     response = await client.post(
         "/api/v1/tasks/create",
-        json={"command": "true", "frequency": "every 1 hours", "owner": "me"},
+        json={"command": "true", "frequency": "every 1 hours", "timout": 5},
     )
-    assert response.status_code == 201
+    error = assert_error(response, 422, "validation_error")
+    assert error["field"] == "timout"
+    assert store.list_tasks() == []
 
 
 async def test_create_assigns_the_task_to_registered_agents(
@@ -238,7 +241,7 @@ async def test_the_body_limit_is_configurable(astore: AsyncStore, tmp_path: Any)
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/api", "/api/v1/tasks", "/api/v2/tasks/create", "/nope.html"]
+    "path", ["/", "/api", "/api/v1/task", "/api/v2/tasks/create", "/nope.html", "/api/v1/tasks/a/b"]
 )
 async def test_unknown_routes_are_json_404(client: httpx.AsyncClient, path: str) -> None:
     assert_error(await client.get(path), 404, "not_found")
@@ -247,12 +250,17 @@ async def test_unknown_routes_are_json_404(client: httpx.AsyncClient, path: str)
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/api/v1/tasks/create"),
         ("PUT", "/api/v1/tasks/create"),
+        ("PUT", "/api/v1/tasks"),
+        ("POST", f"/api/v1/tasks/{uuid4()}"),
         ("DELETE", f"/api/v1/tasks/{uuid4()}/latest_output"),
         ("GET", f"/api/v1/tasks/{uuid4()}/complete"),
-        ("GET", "/api/v1/agents/register"),
+        ("GET", f"/api/v1/tasks/{uuid4()}/run"),
+        ("POST", f"/api/v1/tasks/{uuid4()}/runs"),
+        ("DELETE", f"/api/v1/tasks/{uuid4()}/pause"),
+        ("PUT", "/api/v1/agents/register"),
         ("POST", "/api/v1/agents"),
+        ("DELETE", f"/api/v1/agents/{uuid4()}"),
         ("POST", "/healthz"),
     ],
 )
@@ -471,6 +479,7 @@ BAD_REPORTS: list[tuple[str, bytes, int, str | None]] = [
         "stderr_dropped",
     ),
     ("exit code 2**63", b'{"server_id": "%s", "exit_code": 9223372036854775808}', 422, "exit_code"),
+    ("attempt 2**63", b'{"server_id": "%s", "attempt": 9223372036854775808}', 422, "attempt"),
     ("dropped a float", b'{"server_id": "%s", "stderr_dropped": 1e400}', 422, "stderr_dropped"),
     (
         "year 0 after UTC",

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import trio
 
 from taskscheduler_core import Agent, Task, parse_frequency, parse_time
@@ -276,3 +277,112 @@ async def test_an_agent_url_httpx_cannot_encode_does_not_stop_the_others(
     await wait_until(lambda: agent.scheduled)
     await trio.sleep(0.2)  # a few failed attempts at the bad one: the dispatcher still runs
     assert len(await undelivered(astore)) == 1
+
+
+# --- removals and manual runs ------------------------------------------------------------------
+
+
+async def test_an_ended_assignment_is_delivered_as_a_removal(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent()
+    url, _ = await serve_asgi(agent.app)
+    await register(astore, agent.agent_id, url)
+    task = new_task()
+    await create(astore, task)
+    dispatcher = await start_dispatcher(nursery, astore)
+    await wait_until(lambda: agent.task_ids == {str(task.id)})
+    await wait_until(all_delivered(astore))
+
+    deleted_at = datetime.now(UTC)
+    await astore.call(
+        Store.change_task, task.id, lambda t: attrs.evolve(t, deleted_at=deleted_at), now=deleted_at
+    )
+    dispatcher.notify()
+    await wait_until(lambda: agent.deleted == [str(task.id)])
+    await wait_until(all_delivered(astore))
+    assert agent.tasks == {}
+    # acknowledged once: nothing more is sent, even when the agent registers again
+    await register(astore, agent.agent_id, url)
+    dispatcher.notify(agent.agent_id)
+    await trio.sleep(0.2)
+    assert (agent.deleted, len(agent.scheduled)) == ([str(task.id)], 1)
+
+
+async def test_a_manual_run_follows_the_push_of_its_task(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent()
+    url, _ = await serve_asgi(agent.app)
+    await register(astore, agent.agent_id, url)
+    task = new_task()
+    await create(astore, task)
+    dispatcher = await start_dispatcher(nursery, astore)
+    at = datetime.now(UTC)
+    # handed over before the task reached the agent: it gets the task, then the run
+    dispatcher.run_now(task.id, at, [agent.agent_id], until=at + timedelta(seconds=30))
+    await wait_until(lambda: agent.runs)
+    assert agent.events == [("schedule", str(task.id)), ("run", str(task.id))]
+    assert [(task_id, parse_time(when)) for task_id, when in agent.runs] == [(str(task.id), at)]
+
+    # an agent that lost the task (its disk was wiped) answers task_not_found: it is pushed
+    # the task again, then the run
+    agent.tasks.clear()
+    later = at + timedelta(seconds=1)
+    dispatcher.run_now(task.id, later, [agent.agent_id], until=later + timedelta(seconds=30))
+    await wait_until(lambda: len(agent.runs) == 2)
+    assert agent.events[2:] == [("schedule", str(task.id)), ("run", str(task.id))]
+    assert parse_time(agent.runs[1][1]) == later
+    await wait_until(all_delivered(astore))
+
+
+async def test_a_manual_run_is_given_up_after_its_deadline(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    free_port: Callable[[], int],
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent()
+    port = free_port()
+    await register(astore, agent.agent_id, f"http://127.0.0.1:{port}")
+    task = new_task()
+    await create(astore, task)
+    dispatcher = await start_dispatcher(nursery, astore)
+    now = datetime.now(UTC)
+    dispatcher.run_now(task.id, now, [agent.agent_id], until=now + timedelta(milliseconds=200))
+    unknown = uuid4()  # an agent the store does not know: nothing to send it to
+    dispatcher.run_now(task.id, now, [unknown], until=now + timedelta(seconds=30))
+    await trio.sleep(0.4)  # the agent is down past the run's deadline
+    await serve_asgi(agent.app, port)
+    await wait_until(lambda: agent.task_ids == {str(task.id)})
+    await wait_until(all_delivered(astore))
+    await trio.sleep(0.2)
+    assert agent.runs == []
+
+
+async def test_available_servers_agents_are_registered_with_their_labels(
+    nursery: trio.Nursery,
+    astore: AsyncStore,
+    serve_asgi: Any,
+    fake_agent: Any,
+    wait_until: WaitUntil,
+) -> None:
+    agent = fake_agent(labels={"role": "batch"})
+    url, _ = await serve_asgi(agent.app)
+    await start_dispatcher(nursery, astore, available_agents=(url,))
+
+    async def resolved() -> bool:
+        known = await astore.call(Store.get_agent, agent.agent_id)
+        return known is not None and known.labels == {"role": "batch"}
+
+    await wait_until(resolved)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from starlette.routing import Route
 
 from processes import TSCHED, ServerService, free_port
-from strategies import frequencies, frequency_texts
+from strategies import cron_expressions, cron_texts, frequencies, frequency_texts
 from taskscheduler_agent import create_app as create_agent_app
 from taskscheduler_core import (
     MAX_COMMAND_LENGTH,
@@ -124,8 +124,11 @@ def test_the_document_is_openapi_3_1_with_errors_and_bearer_auth(document: dict[
                 assert {"401", "403"} <= codes, (path, method)
             if "requestBody" in operation:
                 assert {"400", "413", "422"} <= codes, (path, method)
-            for response in operation["responses"].values():
-                assert set(response["content"]) == {"application/json"}
+            for status, response in operation["responses"].items():
+                if status == "204":  # no content (a purge)
+                    assert "content" not in response
+                else:
+                    assert set(response["content"]) == {"application/json"}
     json.dumps(document)  # plain data
 
 
@@ -168,7 +171,9 @@ async def test_the_agent_serves_its_document_without_a_token_as_json() -> None:
     assert response.json() == json.loads(json.dumps(agent_openapi()))
 
 
-FREQUENCY = server_openapi()["components"]["schemas"]["CreateTask"]["properties"]["frequency"]
+FREQUENCY, CRON = server_openapi()["components"]["schemas"]["CreateTask"]["properties"][
+    "frequency"
+]["anyOf"]
 
 
 @settings(max_examples=200)
@@ -188,6 +193,16 @@ def test_every_frequency_text_matches_the_documented_pattern(data: st.DataObject
     frequency = data.draw(frequencies())
     assert re.search(FREQUENCY["pattern"], str(frequency))
     assert re.search(FREQUENCY["pattern"], data.draw(frequency_texts(frequency)))
+    assert not re.search(CRON["pattern"], str(frequency))
+
+
+@given(st.data())
+def test_every_cron_text_matches_the_documented_pattern(data: st.DataObject) -> None:
+    cron = data.draw(cron_expressions())
+    for text in (str(cron), data.draw(cron_texts(cron))):
+        assert re.search(CRON["pattern"], text), text
+        assert len(text) <= CRON["maxLength"]
+        assert not re.search(FREQUENCY["pattern"], text)
 
 
 # --- limits --------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ async def test_heartbeat_answers_alive_and_updates_last_seen(
     assert response.json() == {"agent_id": str(agent_id), "status": "alive"}
 
     [listed] = (await client.get("/api/v1/agents")).json()["agents"]
-    assert set(listed) == {"id", "url", "status", "registered_at", "last_seen_at"}
+    assert set(listed) == {"id", "url", "status", "registered_at", "last_seen_at", "labels"}
     assert listed["status"] == "alive"
     assert parse_time(listed["last_seen_at"]) == clock.now
     assert parse_time(listed["registered_at"]) == clock.now - timedelta(seconds=4)

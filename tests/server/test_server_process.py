@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from processes import Tsched, free_port, wait_healthy
 from taskscheduler_client.cli import tsched
+from taskscheduler_core import parse_time
 
 pytestmark = pytest.mark.e2e
 
@@ -142,13 +144,20 @@ async def _equals(value: Awaitable[str], expected: str) -> bool:
         (["--reconcile-interval", "nan"], {}, "'--reconcile-interval': nan is not a usable"),
         ([], {"TSCHED_LOST_AFTER": "soon"}, "'--lost-after': 'soon' is not a valid float"),
         (["--lost-after", "1e300"], {}, "1e+300 is not a usable number of seconds"),
+        (["--keep-runs", "-1"], {}, "'--keep-runs': -1 is not in the range x>=0"),
+        (["--keep-runs", "1.5"], {}, "'--keep-runs': '1.5' is not a valid integer"),
+        ([], {"TSCHED_KEEP_DAYS": "forever"}, "'--keep-days': 'forever' is not a valid float"),
+        (["--keep-days", "1e9"], {}, "'--keep-days': 1000000000.0 is not in the range"),
+        (["--prune-interval", "0"], {}, "'--prune-interval': 0.0 is not in the range x>0"),
+        (["--prune-interval", "inf"], {}, "'--prune-interval': inf is not a usable"),
     ],
 )
 def test_bad_durations_are_one_line_usage_errors(
     tmp_path: Path, args: list[str], env: dict[str, str], message: str
 ) -> None:
     # in-process: the command line is refused before anything is started
-    runner = CliRunner(env={"TSCHED_LOST_AFTER": None, "TSCHED_RECONCILE_INTERVAL": None, **env})
+    unset = ("LOST_AFTER", "RECONCILE_INTERVAL", "KEEP_RUNS", "KEEP_DAYS", "PRUNE_INTERVAL")
+    runner = CliRunner(env={**{f"TSCHED_{name}": None for name in unset}, **env})
     result = runner.invoke(
         tsched, ["server", "--port", "0", "--data-dir", str(tmp_path), *args], prog_name="tsched"
     )
@@ -167,3 +176,38 @@ def test_cli_defaults_are_the_server_defaults() -> None:
     config = ServerConfig(database=Path("x"))
     assert config.lost_after.total_seconds() == cli.DEFAULT_LOST_AFTER
     assert config.reconcile_interval.total_seconds() == cli.DEFAULT_RECONCILE_INTERVAL
+    assert (config.keep_runs, config.keep_days) == (cli.DEFAULT_KEEP_RUNS, cli.DEFAULT_KEEP_DAYS)
+    assert config.prune_interval.total_seconds() == cli.DEFAULT_PRUNE_INTERVAL
+    from taskscheduler_server.config import MAX_KEEP_DAYS
+
+    assert cli.MAX_KEEP_DAYS == MAX_KEEP_DAYS
+
+
+async def test_retention_flags_and_environment_reach_the_server(
+    start_server: Any, wait_until: WaitUntil
+) -> None:
+    _, url = start_server(
+        "--keep-runs", "2", env={"TSCHED_KEEP_DAYS": "1", "TSCHED_PRUNE_INTERVAL": "0.2"}
+    )
+    now = datetime.now(UTC)
+    agent = "00000000-0000-0000-0000-00000000000a"
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        created = await client.post(
+            "/api/v1/tasks", json={"command": "date", "frequency": "every 1 hours"}
+        )
+        task_id = created.json()["id"]
+        # the count rule keeps the newest 2 (dropping the 3-day-old run), the age rule drops
+        # the 2-day-old one of those: only both flags leave the newest alone
+        for age in (timedelta(minutes=1), timedelta(days=2), timedelta(days=3)):
+            report = {"server_id": agent, "scheduled_at": (now - age).isoformat()}
+            assert (await client.post(f"/api/v1/tasks/{task_id}/complete", json=report)).is_success
+
+        async def runs() -> list[datetime]:
+            page = (await client.get(f"/api/v1/tasks/{task_id}/runs")).json()
+            return [parse_time(run["scheduled_at"]) for run in page["runs"]]
+
+        async def pruned() -> bool:
+            return len(await runs()) == 1
+
+        await wait_until(pruned, timeout=10)
+        assert await runs() == [now - timedelta(minutes=1)]

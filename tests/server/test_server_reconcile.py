@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import httpx
 import trio
 
@@ -293,3 +294,34 @@ async def test_serve_reconciles_on_registration_and_periodically(
             agent.tasks.clear()
             await wait_until(lambda: agent.tasks.keys() == {task_id}, timeout=5)
         nursery.cancel_scope.cancel()
+
+
+async def test_labels_declared_in_the_identity_move_the_agents_tasks(
+    nursery: trio.Nursery, astore: AsyncStore, serve_asgi: Any, fake_agent: Any, wait_until: Any
+) -> None:
+    from taskscheduler_core import Targets
+
+    peers = await start_peers(nursery, astore)
+    agent = fake_agent()
+    url, _ = await serve_asgi(agent.app)
+    await peers.register(agent, url)
+    web_task = attrs.evolve(new_task("echo web"), targets=Targets(labels={"role": "web"}))
+    await peers.create(web_task)
+    await wait_until(peers.all_delivered)
+    assert agent.tasks == {}
+
+    # it restarted with a label (an agent of AVAILABLE_SERVERS never registers again)
+    agent.labels = {"role": "web"}
+    result = await peers.reconciler.reconcile(agent.agent_id)
+    assert result is not None
+    known = await astore.call(Store.get_agent, agent.agent_id)
+    assert known is not None
+    assert known.labels == {"role": "web"}
+    await wait_until(lambda: agent.tasks.keys() == {str(web_task.id)})
+
+    # and without it again, the task is removed
+    agent.labels = {}
+    await peers.reconciler.reconcile(agent.agent_id)
+    await wait_until(lambda: agent.tasks == {})
+    # (the reconciler removes it at once; the dispatcher's removal may follow, idempotent)
+    assert set(agent.deleted) == {str(web_task.id)}

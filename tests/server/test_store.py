@@ -84,10 +84,11 @@ def test_new_task_is_assigned_to_every_known_agent(store: Store) -> None:
         (second.id, second.url),
     }
     assert all(a.assigned_at == task.created_at and not a.delivered for a in assignments)
-    assert {(a.task, a.agent_id) for a in store.undelivered()} == {
-        (task, first.id),
-        (task, second.id),
+    assert {(a.task.id, a.agent_id) for a in store.undelivered()} == {
+        (task.id, first.id),
+        (task.id, second.id),
     }
+    assert all(a.task == task for a in store.undelivered())
     assert store.agents_awaiting_delivery() == {first.id, second.id}
 
 
@@ -112,7 +113,7 @@ def test_new_agent_is_assigned_every_existing_task_from_its_registration(store: 
         later,
     )
     pending = store.undelivered(agent.id)
-    assert {a.task for a in pending} == set(tasks)
+    assert {a.task.id for a in pending} == {task.id for task in tasks}
     assert {a.assigned_at for a in pending} == {later}
     for task in tasks:
         assert store.assignment_times(task.id) == {agent.id: later}
