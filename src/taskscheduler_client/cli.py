@@ -18,11 +18,10 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
-import trio
 
 from taskscheduler_core import (
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -39,15 +38,11 @@ from . import manage
 from ._base import DEFAULT_TIMEOUT, DEFAULT_URL
 from .cli_common import CliError, OneLineGroup, echo_json, reported_client_errors
 from .client import Client
-from .services import (
-    SERVER_DATABASE_NAME,
-    failure_message,
-    run_until_stopped,
-    start_agent,
-    start_local_stack,
-    start_server,
-)
+from .layout import SERVER_DATABASE_NAME
 from .task_flags import task_option_flags, task_options
+
+if TYPE_CHECKING:
+    import trio
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -427,6 +422,9 @@ def _stream(name: str, text: str) -> list[str]:
 
 def _serve(start: Callable[[trio.Nursery], Awaitable[None]], *, what: str) -> None:
     """Run services until Ctrl-C (exit 0), turning failures the user can fix into one line."""
+    # imported here, not at the top: the commands that only talk to a server start faster
+    from .services import failure_message, run_until_stopped
+
     try:
         run_until_stopped(start)
     except BaseException as error:
@@ -628,6 +626,8 @@ def server(
     except (TypeError, ValueError) as error:
         _fail(str(error))
 
+    from .services import start_server
+
     async def start(nursery: trio.Nursery) -> None:
         url = await start_server(nursery, config)
         click.echo(f"server listening on {url} (database {config.database}); Ctrl-C to stop")
@@ -771,6 +771,8 @@ def agent(
     except (TypeError, ValueError) as error:
         _fail(str(error))
 
+    from .services import start_agent
+
     async def start(nursery: trio.Nursery) -> None:
         started = await start_agent(nursery, config)
         click.echo(f"agent {started.agent_id} listening on {started.url}; Ctrl-C to stop")
@@ -807,6 +809,8 @@ def up(host: str, port: int, agents: int, data_dir: Path | None) -> None:
     with _service_package("server and agents"):
         import taskscheduler_agent  # noqa: F401
         import taskscheduler_server  # noqa: F401
+
+    from .services import start_local_stack
 
     async def start(nursery: trio.Nursery) -> None:
         stack = await start_local_stack(

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from .layout import SERVER_DATABASE_NAME
+
 if TYPE_CHECKING:
     from taskscheduler_agent import AgentConfig, AgentStarted
     from taskscheduler_server import ServerConfig
 
 #: The server's SQLite file inside a data directory.
-SERVER_DATABASE_NAME = "server.sqlite3"
 
 
 @attrs.frozen(kw_only=True)
