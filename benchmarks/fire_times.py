@@ -15,6 +15,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from benchmarks.report import Result, Size
 from taskscheduler_core import Scheduler, StartExecution, TaskSpec
 from taskscheduler_core.firetimes import next_fire_after, parse_recurrence
 
@@ -29,19 +30,20 @@ CASES = [
 ]
 
 
-def time_next_fire(calls: int) -> None:
-    print(f"next_fire_after, {calls} chained calls each:")
+def time_next_fire(calls: int) -> dict[str, float]:
+    """µs per ``next_fire_after`` call, by case (``"<frequency> in <zone>"``)."""
+    figures = {}
     for text, zone in CASES:
         recurrence = parse_recurrence(text)
         moment = START
         began = time.perf_counter()
         for _ in range(calls):
             moment = next_fire_after(recurrence, anchor=START, timezone=zone, moment=moment)
-        per_call = (time.perf_counter() - began) / calls
-        print(f"  {text!r:>20} in {zone:<17} {per_call * 1e6:8.1f} µs/call")
+        figures[f"{text} in {zone}"] = (time.perf_counter() - began) / calls * 1e6
+    return figures
 
 
-def time_agent_day(count: int, hours: float) -> None:
+def time_agent_day(count: int, hours: float) -> dict[str, float]:
     kinds = [
         ("every 10 seconds", "UTC"),
         ("*/1 * * * *", "Europe/Paris"),
@@ -68,9 +70,42 @@ def time_agent_day(count: int, hours: float) -> None:
                 scheduler.record_finished(action.task.task_id, action.scheduled_at, now=deadline)
         polls += 1
     took = time.perf_counter() - began
-    print(
-        f"{hours:g} simulated hours, {count} tasks: {starts} executions started in {polls} polls, "
-        f"{took:.2f} s of CPU = {took / starts * 1e6:.1f} µs per execution"
+    return {
+        "tasks": count,
+        "hours": hours,
+        "executions": starts,
+        "polls": polls,
+        "cpu_s": took,
+        "us_per_execution": took / starts * 1e6,
+    }
+
+
+SIZES: dict[Size, tuple[int, int, float]] = {
+    "tiny": (50, 9, 0.05),
+    "quick": (200, 30, 0.25),
+    "full": (2000, 300, 6.0),
+}
+
+
+def run(size: Size) -> Result:
+    return measure(*SIZES[size])
+
+
+def measure(calls: int, tasks: int, hours: float) -> Result:
+    next_fire = time_next_fire(calls)
+    day = time_agent_day(tasks, hours)
+    rows = [[case, f"{cost:.1f} µs per fire time"] for case, cost in next_fire.items()]
+    rows.append(
+        [
+            f"agent scheduler, {tasks} tasks, {hours:g} h simulated",
+            f"{day['us_per_execution']:.1f} µs per execution started",
+        ]
+    )
+    return Result(
+        title="fire times: next_fire_after and the agent's Scheduler.poll (pure CPU)",
+        columns=["case", "cost"],
+        rows=rows,
+        figures={"next_fire_after_us": next_fire, "agent_scheduler": day},
     )
 
 
@@ -80,8 +115,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=1, help="simulated hours")
     parser.add_argument("--calls", type=int, default=2000, help="next_fire_after calls per case")
     arguments = parser.parse_args()
-    time_next_fire(arguments.calls)
-    time_agent_day(arguments.tasks, arguments.hours)
+    print(measure(arguments.calls, arguments.tasks, arguments.hours).table())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.report import Result, Size
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -74,6 +76,26 @@ def measure(tasks: int, agents: int = 2) -> dict[str, float]:
         "max_s": max(seconds),
         "min_s": min(seconds),
     }
+
+
+TASKS: dict[Size, int] = {"tiny": 1, "quick": 3, "full": 10}
+
+
+def run(size: Size) -> Result:
+    figures = measure(TASKS[size])
+    return Result(
+        title=f"create -> first complete run, {figures['agents']:.0f} agents, one task at a time",
+        columns=["tasks", "min s", "p50 s", "max s"],
+        rows=[
+            [
+                f"{figures['tasks']:.0f}",
+                f"{figures['min_s']:.3f}",
+                f"{figures['p50_s']:.3f}",
+                f"{figures['max_s']:.3f}",
+            ]
+        ],
+        figures=figures,
+    )
 
 
 def main() -> None:
