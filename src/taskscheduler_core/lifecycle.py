@@ -21,7 +21,6 @@ import attrs
 from .errors import WireError
 from .messages import CreateTask
 from .models import Task
-from .options import POLICY_FIELD_NAMES
 from .wire import structure, unstructure
 
 #: The fields ``PATCH /api/v1/tasks/{id}`` may change: those of a create body.
@@ -91,8 +90,7 @@ def _check_editable(data: Mapping[str, object]) -> None:
 
 
 def _create_fields(body: CreateTask) -> dict[str, Any]:
-    fields: dict[str, Any] = {name: getattr(body, name) for name in POLICY_FIELD_NAMES}
-    return fields | {
+    return body.policy_fields() | {
         "command": body.command,
         "frequency": body.frequency,
         "name": body.name,

@@ -29,7 +29,6 @@ from .models import (
     positive,
 )
 from .options import (
-    POLICY_FIELD_NAMES,
     RunPolicy,
     Targets,
     check_labels,
@@ -114,7 +113,7 @@ class ScheduleTask(RunPolicy):
             frequency=spec.frequency,
             anchor=spec.anchor,
             paused=spec.paused,
-            **{name: getattr(spec, name) for name in POLICY_FIELD_NAMES},
+            **spec.policy_fields(),
         )
 
     def spec(self, received_at: datetime) -> TaskSpec:
@@ -124,7 +123,7 @@ class ScheduleTask(RunPolicy):
             frequency=self.frequency,
             anchor=self.anchor if self.anchor is not None else received_at,
             paused=self.paused,
-            **{name: getattr(self, name) for name in POLICY_FIELD_NAMES},
+            **self.policy_fields(),
         )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import attrs
@@ -137,12 +136,8 @@ class TaskSpec(RunPolicy):
             frequency=task.frequency,
             anchor=task.anchor,
             paused=task.paused,
-            **_policy_of(task),
+            **task.policy_fields(),
         )
-
-
-def _policy_of(policy: RunPolicy) -> dict[str, Any]:
-    return {field.name: getattr(policy, field.name) for field in attrs.fields(RunPolicy)}
 
 
 @attrs.frozen(kw_only=True)

@@ -246,12 +246,16 @@ class RunPolicy:
         """Seconds to wait after attempt number ``attempt`` (1 = the first) failed."""
         return float(min(self.retry_delay * 2 ** (attempt - 1), MAX_RETRY_DELAY))
 
+    def policy_fields(self) -> dict[str, Any]:
+        """The run-policy fields of this object (often a subclass), to copy into another model."""
+        return {name: getattr(self, name) for name in POLICY_FIELD_NAMES}
+
     def policy(self) -> RunPolicy:
         """Just the run policy of this object (which may be a subclass with more fields)."""
-        return RunPolicy(**{field.name: getattr(self, field.name) for field in _POLICY_FIELDS})
+        return RunPolicy(**self.policy_fields())
 
 
-def _name(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+def check_name(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
     if value is None:
         return
     if not value.strip() or len(value) > MAX_NAME_LENGTH:
@@ -262,8 +266,5 @@ def _name(instance: object, attribute: attrs.Attribute[str | None], value: str |
         raise WireError("must not contain control characters", field=attribute.name)
 
 
-check_name = _name
-
-_POLICY_FIELDS = attrs.fields(RunPolicy)
-#: Names of the run-policy fields, e.g. to copy them between models.
-POLICY_FIELD_NAMES = tuple(field.name for field in _POLICY_FIELDS)
+#: Names of the run-policy fields.
+POLICY_FIELD_NAMES = tuple(field.name for field in attrs.fields(RunPolicy))

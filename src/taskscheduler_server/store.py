@@ -48,7 +48,6 @@ from taskscheduler_core import (
     structure,
     unstructure,
 )
-from taskscheduler_core.options import POLICY_FIELD_NAMES
 
 from .errors import ServerError, TaskNotFound
 from .records import AgentCredential, Assignment
@@ -1136,7 +1135,7 @@ def _task(row: Any) -> Task:
         targets=_targets(row.targets),
         paused=bool(row.paused),
         deleted_at=row.deleted_at,
-        **{name: getattr(policy, name) for name in POLICY_FIELD_NAMES},
+        **policy.policy_fields(),
     )
 
 
