@@ -27,6 +27,16 @@ from .auth import (
     unauthorized,
 )
 from .backoff import Backoff
+from .batch import (
+    MAX_BATCH_EXECUTIONS,
+    BatchedReport,
+    BatchItemResult,
+    BatchResult,
+    ItemError,
+    batch_body,
+    batch_items,
+    parse_batch_item,
+)
 from .capture import DEFAULT_MAX_OUTPUT_BYTES, OutputCapture, keep_tail
 from .cron import Cron, check_timezone, parse_cron
 from .errors import FrequencyError, TaskSchedulerError, TimezoneError, WireError
@@ -113,6 +123,7 @@ __all__ = [
     "DEFAULT_REPORT_GRACE",
     "DEFAULT_STARTING_DEADLINE",
     "EDITABLE_FIELDS",
+    "MAX_BATCH_EXECUTIONS",
     "MAX_COMMAND_LENGTH",
     "MAX_INTERVAL",
     "Action",
@@ -125,6 +136,9 @@ __all__ = [
     "AgentStatus",
     "ApiError",
     "Backoff",
+    "BatchItemResult",
+    "BatchResult",
+    "BatchedReport",
     "BodyReader",
     "CreateTask",
     "Cron",
@@ -135,6 +149,7 @@ __all__ = [
     "ExecutionStatus",
     "Frequency",
     "FrequencyError",
+    "ItemError",
     "LatestOutput",
     "OutputCapture",
     "Overlap",
@@ -168,6 +183,8 @@ __all__ = [
     "WireError",
     "__version__",
     "agent_openapi",
+    "batch_body",
+    "batch_items",
     "bearer_token",
     "check_timezone",
     "client_disconnected",
@@ -189,6 +206,7 @@ __all__ = [
     "new_task",
     "next_fire_after",
     "next_slot_after",
+    "parse_batch_item",
     "parse_create",
     "parse_cron",
     "parse_frequency",
