@@ -128,23 +128,26 @@ def _agent_rows(data_dir: Path, sql: str, *parameters: str) -> list[sqlite3.Row]
     raise AssertionError("unreachable")
 
 
-def _journaled_lateness(data_dir: Path, since: str, until: str) -> list[float]:
-    """``started_at − scheduled_at`` of every execution the agent recorded in the window.
+def _journaled_lateness(data_dir: Path, since: str, until: str) -> tuple[list[float], int]:
+    """``started_at − scheduled_at`` of every execution the agent recorded as succeeded in the
+    window, and how many it recorded otherwise (skipped, missed, failed).
 
     The agent's journal, not the server's store: the server may still be receiving the
     window's reports long after it (see ``stored``), and the times are the agent's either way.
     """
     rows = _agent_rows(
         data_dir,
-        "SELECT scheduled_at, started_at FROM journal"
-        " WHERE scheduled_at >= ? AND scheduled_at < ? AND status = 'succeeded'",
+        "SELECT scheduled_at, started_at, status FROM journal"
+        " WHERE scheduled_at >= ? AND scheduled_at < ?",
         since,
         until,
     )
-    return [
+    lateness = [
         (parse_time(row["started_at"]) - parse_time(row["scheduled_at"])).total_seconds()
         for row in rows
+        if row["status"] == "succeeded"
     ]
+    return lateness, len(rows) - len(lateness)
 
 
 def _unreported(data_dir: Path, until: str) -> int:
@@ -200,6 +203,14 @@ def measure_ours(tasks: int, seconds: int, drain: float) -> dict[str, float]:
                 _wait(
                     lambda: len(client.get(f"/api/v1/agents/{agent_id}").json()["tasks"]) == tasks,
                     60,
+                    "the server to assign every task",
+                )
+                # The agent's own word (its state file), not the server's: a task the agent
+                # received late would miss its first fire times and count as dropped.
+                _wait(
+                    lambda: _agent_rows(agent_data, "SELECT count(*) AS n FROM schedules")[0]["n"]
+                    == tasks,
+                    60,
                     "the agent to have every task",
                 )
                 # Every task was created (anchored) before now, so each fires exactly once per
@@ -217,9 +228,10 @@ def measure_ours(tasks: int, seconds: int, drain: float) -> dict[str, float]:
                 drain_end = time.monotonic() + drain
                 while _unreported(agent_data, until) and time.monotonic() < drain_end:
                     time.sleep(0.5)
-                lateness = _journaled_lateness(agent_data, since, until)
+                lateness, not_succeeded = _journaled_lateness(agent_data, since, until)
                 stored = _stored(client, task_ids, since, until)
     figures = lateness_figures(lateness, tasks * seconds)
+    figures["recorded_not_succeeded"] = not_succeeded
     completed = max(1, len(lateness))
     figures["stored_by_server"] = stored
     figures["agent_cpu_s_per_1000"] = agent_cpu / completed * 1000

@@ -12,10 +12,19 @@ Running executions are keyed by ``(task_id, scheduled_at)``: with ``overlap: all
 executions of one task run at once, one per fire time.
 
 With a :class:`ScheduleStore` (the agent's state file) every change is durable before it takes
-effect: a task is saved before the schedule request is answered, and each poll's slots are
-marked taken, with a ``running`` record for each command, before any command starts. So a
-restart resumes every task after the last slot acted on (:meth:`Engine.restore`), and no slot
-is run twice. Retries wait in memory only: one pending when the agent stops is not run.
+effect: a task is saved before the schedule request is answered, and a slot is marked taken,
+with a ``running`` record for its command, before the command starts. So a restart resumes
+every task after the last slot acted on (:meth:`Engine.restore`), and no slot is run twice.
+Retries wait in memory only: one pending when the agent stops is not run.
+
+Marking a slot taken is a commit, and a commit waits for the disk (an fsync, and whatever
+commit is under way): a command started only after it would start milliseconds late. So the
+fire times of the next :data:`PREPARE_AHEAD` seconds are marked taken *before* they come, by a
+task of their own (:meth:`Engine._prepare_forever`), and at its time a prepared slot starts at
+once. What the poll does not start after all (a skip, a task removed or changed meanwhile) is
+recorded or released as usual; a prepared slot that a crash leaves behind is recorded as
+missed at the next start. Retries, manual runs and slots that were not prepared in time take
+the slow path: marked taken when they are due, then started.
 
 Stopping: :meth:`Engine.stop` is the graceful way (nothing new starts, running commands get
 ``kill_grace`` seconds, then their groups are killed and they are recorded as ``error``);
@@ -29,7 +38,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
@@ -60,6 +69,10 @@ logger = logging.getLogger(__name__)
 
 #: The longest the loop sleeps before it looks at the time of day again (seconds).
 MAX_SLEEP = 1.0
+
+#: How far ahead fire times are marked taken on disk (seconds): far more than a commit takes,
+#: and short, so that a task changed meanwhile rarely leaves a prepared slot to release.
+PREPARE_AHEAD = 0.2
 
 #: What the engine hands every finished execution to.
 Deliver = Callable[[Execution], Awaitable[None]]
@@ -105,6 +118,10 @@ class ScheduleStore(Protocol):
         """Whether an execution of the task for ``scheduled_at`` runs or was recorded."""
         ...
 
+    async def release_slots(self, slots: Sequence[tuple[UUID, datetime]]) -> None:
+        """Forget the ``running`` records of prepared slots that were not started after all."""
+        ...
+
 
 class _NoStore:
     """The store of an engine that keeps nothing on disk."""
@@ -131,6 +148,9 @@ class _NoStore:
 
     async def executed(self, task_id: UUID, scheduled_at: datetime) -> bool:
         return False
+
+    async def release_slots(self, slots: Sequence[tuple[UUID, datetime]]) -> None:
+        pass
 
 
 @attrs.define(eq=False)
@@ -193,6 +213,12 @@ class Engine:
         # for the lock while a manual run replaces what it polled): applied when they start.
         self._early_stops: dict[_Slot, StopExecution] = {}
         self._manual_runs: OrderedDict[_Slot, None] = OrderedDict()
+        # Slots marked taken ahead of their time and not yet acted on by a poll; the time up to
+        # which the polls have acted (a prepared slot at or before it is one to release).
+        self._prepared: set[_Slot] = set()
+        self._polled_until: datetime | None = None
+        self._prepare_wake = trio.Event()
+        self._preparing = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._executing = 0
         self._idle = trio.Event()  # set by the last execution to end once stopping
@@ -240,6 +266,7 @@ class Engine:
                 "the task's fire times fall outside the supported range of dates", field="anchor"
             ) from None
         await self._store.save_schedule(spec, since=now)
+        await self._release_prepared(spec.task_id)
         self.scheduler.add_task(spec, after=now)
         logger.info(
             "scheduled task %s%s: %s %r",
@@ -249,6 +276,7 @@ class Engine:
             spec.command[:200],
         )
         self._wake.set()
+        self._prepare_wake.set()
         return True
 
     async def schedule(self, request: ScheduleTask) -> tuple[TaskSpec, bool]:
@@ -279,6 +307,7 @@ class Engine:
         async with self._changing:
             scheduled = task_id in self.scheduler.tasks
             await self._store.remove_schedule(task_id)
+            await self._release_prepared(task_id)
             self.scheduler.remove_task(task_id)
         if scheduled:
             logger.info("removed task %s", task_id)
@@ -329,6 +358,7 @@ class Engine:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
+                nursery.start_soon(self._prepare_forever)
                 await self._schedule_until_stopped(nursery)
                 if self._executing:
                     logger.info(
@@ -341,6 +371,12 @@ class Engine:
                 self._killed = True
                 for running in self._running.values():
                     running.kill(ExecutionStatus.ERROR, KILLED_ON_SHUTDOWN, shutdown=True)
+                # The prepared slots that will not start now: not missed, not run, forgotten
+                # (a restart resumes after them, as after any slot acted on).
+                async with self._changing:
+                    await self._store.release_slots(sorted(self._prepared))
+                    self._prepared.clear()
+                self._preparing.cancel()
         finally:
             self._nursery = None
             self._stopped.set()
@@ -371,7 +407,89 @@ class Engine:
             # At once, with no checkpoint since the poll: an execution the scheduler now sees
             # as stopped must not be able to finish first and be reported as if it was not.
             self._stop_now(actions)
-            await self._act(nursery, actions, now)
+            # The prepared slots go now, before anything awaits: their slots are on disk.
+            actions = self._start_prepared(nursery, actions)
+            self._polled_until = now
+            if actions:
+                await self._act(nursery, actions, now)
+
+    def _start_prepared(self, nursery: trio.Nursery, actions: Sequence[Action]) -> list[Action]:
+        """Start the prepared slots among ``actions``; the actions left to :meth:`_act`."""
+        if not self._prepared:
+            return list(actions)
+        left: list[Action] = []
+        current = self.scheduler.tasks
+        for action in actions:
+            if isinstance(action, StopExecution) or not self._is_prepared(action):
+                left.append(action)
+                continue
+            self._prepared.discard((action.task.task_id, action.scheduled_at))
+            if isinstance(action, StartExecution) and action.task.task_id in current:
+                self._launch(nursery, action)
+            else:
+                # A skip, recorded by _act, or a start polled for a task removed since, which
+                # _act releases. Its slot is already taken on disk either way.
+                left.append(action)
+        return left
+
+    def _is_prepared(self, action: StartExecution | SkipExecution) -> bool:
+        return (
+            action.trigger is Trigger.SCHEDULE
+            and (not isinstance(action, StartExecution) or action.attempt == 1)
+            and (action.task.task_id, action.scheduled_at) in self._prepared
+        )
+
+    async def _prepare_forever(self) -> None:
+        """Mark the fire times of the next :data:`PREPARE_AHEAD` seconds taken before they come,
+        and release the prepared slots the polls did not act on; until the engine stops."""
+        with self._preparing:
+            await self._prepare_until_cancelled()
+
+    async def _prepare_until_cancelled(self) -> None:
+        while True:
+            self._prepare_wake = trio.Event()
+            now = self.clock.now()
+            until = now + timedelta(seconds=PREPARE_AHEAD)
+            async with self._changing:
+                await self._prepare(now, until)
+            # Again when half the horizon has passed, or when a task changes; an agent whose
+            # tasks are all far off sleeps up to MAX_SLEEP, then looks again.
+            deadline = self.scheduler.next_deadline()
+            pause = PREPARE_AHEAD / 2
+            if deadline is None:
+                pause = MAX_SLEEP
+            else:
+                pause = min(MAX_SLEEP, max(pause, (deadline - now).total_seconds() - pause))
+            with trio.move_on_after(pause):
+                await self._prepare_wake.wait()
+
+    async def _release_prepared(self, task_id: UUID) -> None:
+        """Forget the prepared slots of a task that changed or went (under ``_changing``): the
+        new spec, if any, takes its slots afresh."""
+        slots = sorted(slot for slot in self._prepared if slot[0] == task_id)
+        if slots:
+            self._prepared.difference_update(slots)
+            await self._store.release_slots(slots)
+
+    async def _prepare(self, now: datetime, until: datetime) -> None:
+        polled = self._polled_until
+        stale = [slot for slot in self._prepared if polled is not None and slot[1] <= polled]
+        if stale:
+            self._prepared.difference_update(stale)
+            await self._store.release_slots(sorted(stale))
+        if self._stopping:
+            return
+        coming = [
+            StartExecution(task=spec, scheduled_at=when)
+            for spec, when in self.scheduler.upcoming(until)
+            if (spec.task_id, when) not in self._prepared and when > now
+        ]
+        if not coming:
+            return
+        await self._store.begin_slots(
+            {start.task.task_id: start.scheduled_at for start in coming}, coming, started_at=now
+        )
+        self._prepared.update((start.task.task_id, start.scheduled_at) for start in coming)
 
     def _stop_now(self, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -393,15 +511,22 @@ class Engine:
     ) -> None:
         current = self.scheduler.tasks
         starts_and_skips: list[StartExecution | SkipExecution] = []
+        released: list[_Slot] = []
         for action in actions:
             if isinstance(action, StopExecution):
                 continue  # carried out by _stop_now
+            # Prepared while this poll waited for the lock: acted on here, nothing to release.
+            self._prepared.discard((action.task.task_id, action.scheduled_at))
             if action.task.task_id in current:
                 starts_and_skips.append(action)
             elif isinstance(action, StartExecution):
                 # polled before its removal: release the slot the scheduler marked running
-                self._early_stops.pop((action.task.task_id, action.scheduled_at), None)
-                self.scheduler.record_finished(action.task.task_id, action.scheduled_at)
+                slot = (action.task.task_id, action.scheduled_at)
+                self._early_stops.pop(slot, None)
+                self.scheduler.record_finished(*slot)
+                released.append(slot)
+        if released:
+            await self._store.release_slots(released)
         if not starts_and_skips:
             return
         # Skips are recorded first: if the agent dies before the slots are marked taken, the
@@ -420,16 +545,21 @@ class Engine:
                 last_slots[task_id] = max(
                     action.scheduled_at, last_slots.get(task_id, action.scheduled_at)
                 )
-        await self._store.begin_slots(last_slots, starts, started_at=now)
+        if last_slots or starts:
+            await self._store.begin_slots(last_slots, starts, started_at=now)
         for start in starts:
-            running = _Running(start=start)
-            slot = (start.task.task_id, start.scheduled_at)
-            self._running[slot] = running
-            early = self._early_stops.pop(slot, None)
-            if early is not None:
-                _stop(running, early)
-            self._executing += 1
-            nursery.start_soon(self._execute, running)
+            self._launch(nursery, start)
+
+    def _launch(self, nursery: trio.Nursery, start: StartExecution) -> None:
+        """Run ``start`` in ``nursery``; its slot is taken on disk already."""
+        running = _Running(start=start)
+        slot = (start.task.task_id, start.scheduled_at)
+        self._running[slot] = running
+        early = self._early_stops.pop(slot, None)
+        if early is not None:
+            _stop(running, early)
+        self._executing += 1
+        nursery.start_soon(self._execute, running)
 
     async def _execute(self, running: _Running) -> None:
         try:

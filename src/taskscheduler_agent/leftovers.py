@@ -17,6 +17,7 @@ Without ``/proc`` (not Linux) nothing can be verified, and nothing is killed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -93,6 +94,7 @@ def _read_stat(pid: int) -> _Stat | None:
         return None
 
 
+@functools.cache  # read once: a process never outlives the boot it started in
 def _boot_id() -> str | None:
     with contextlib.suppress(OSError, UnicodeDecodeError):
         return _BOOT_ID.read_text().strip() or None

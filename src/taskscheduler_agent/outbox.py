@@ -38,13 +38,20 @@ class Outbox(Protocol):
         """Every execution not yet acknowledged, oldest first."""
         ...
 
-    async def pending_page(self, *, after: int, limit: int) -> Sequence[tuple[int, Execution]]:
+    async def pending_page(
+        self, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> Sequence[tuple[int, Execution]]:
         """Up to ``limit`` executions queued after position ``after`` (0: from the start),
-        oldest first, each with its position; replacing an execution keeps its position."""
+        oldest first, each with its position; replacing an execution keeps its position.
+        With ``max_bytes``, the page may end sooner, once it holds about that many bytes."""
         ...
 
     async def acknowledge(self, key: ExecutionKey) -> None:
         """Forget the execution with ``key`` (delivered, or refused for good)."""
+        ...
+
+    async def acknowledge_many(self, keys: Sequence[ExecutionKey]) -> None:
+        """Forget the executions with ``keys``."""
         ...
 
 
@@ -89,7 +96,10 @@ class MemoryOutbox:
     async def pending(self) -> Sequence[Execution]:
         return [execution for _, execution in self._executions.values()]
 
-    async def pending_page(self, *, after: int, limit: int) -> Sequence[tuple[int, Execution]]:
+    async def pending_page(
+        self, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> Sequence[tuple[int, Execution]]:
+        # max_bytes is not applied: these executions are in memory already.
         page = []
         for position, execution in self._executions.values():
             if position > after:
@@ -100,6 +110,10 @@ class MemoryOutbox:
 
     async def acknowledge(self, key: ExecutionKey) -> None:
         self._executions.pop(key, None)
+
+    async def acknowledge_many(self, keys: Sequence[ExecutionKey]) -> None:
+        for key in keys:
+            self._executions.pop(key, None)
 
 
 class SqliteOutbox:
@@ -119,8 +133,14 @@ class SqliteOutbox:
     async def pending(self) -> Sequence[Execution]:
         return await self.state.pending()
 
-    async def pending_page(self, *, after: int, limit: int) -> Sequence[tuple[int, Execution]]:
-        return await self.state.pending_page(after=after, limit=limit)
+    async def pending_page(
+        self, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> Sequence[tuple[int, Execution]]:
+        return await self.state.pending_page(after=after, limit=limit, max_bytes=max_bytes)
 
     async def acknowledge(self, key: ExecutionKey) -> None:
         await self.state.acknowledge(key)
+
+    async def acknowledge_many(self, keys: Sequence[ExecutionKey]) -> None:
+        """Forget ``keys`` in one transaction."""
+        await self.state.acknowledge_many(keys)

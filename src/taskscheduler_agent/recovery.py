@@ -7,6 +7,10 @@ and still ours (:func:`~taskscheduler_agent.leftovers.kill_leftover_group`), and
 is recorded as ``error``, once, with its attempt and trigger and as final (no retry follows):
 recording it ends the ``running`` record in the same transaction. It is not run again: the slot
 was taken.
+
+A record taken *before* its fire time (``started_at < scheduled_at``) with no process is a slot
+the engine prepared ahead (see :mod:`.engine`) and never started: it is recorded as
+``missed``, like any fire time that passed while the agent was down.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ logger = logging.getLogger(__name__)
 #: The stderr of an execution the agent was interrupted in.
 INTERRUPTED = "taskscheduler: interrupted: the agent stopped while this command ran"
 
+#: The stderr of a prepared slot the agent stopped before starting.
+PREPARED_NOT_STARTED = "taskscheduler: missed: the agent stopped before this fire time came"
+
 
 async def recover_interrupted(
     state: AsyncAgentState, deliver: Deliver, *, agent_id: UUID, now: datetime
@@ -40,9 +47,10 @@ async def recover_interrupted(
             killed = await trio.to_thread.run_sync(kill_leftover_group, running.process)
         execution = _interrupted(running, agent_id=agent_id, now=now, killed=killed)
         logger.warning(
-            "task %s at %s was interrupted by the agent stopping: recorded as error",
+            "task %s at %s was interrupted by the agent stopping: recorded as %s",
             running.task_id,
             format_time(running.scheduled_at),
+            execution.status.value,
         )
         await deliver(execution)
         recorded.append(execution)
@@ -52,6 +60,18 @@ async def recover_interrupted(
 def _interrupted(
     running: RunningExecution, *, agent_id: UUID, now: datetime, killed: bool
 ) -> Execution:
+    if running.process is None and running.started_at < running.scheduled_at:
+        return Execution(
+            task_id=running.task_id,
+            agent_id=agent_id,
+            scheduled_at=running.scheduled_at,
+            started_at=max(now, running.scheduled_at),
+            finished_at=max(now, running.scheduled_at),
+            status=ExecutionStatus.MISSED,
+            stderr=f"{PREPARED_NOT_STARTED}\n",
+            attempt=running.attempt,
+            trigger=running.trigger,
+        )
     if running.process is None:
         what = "before its process was recorded"
     elif killed:

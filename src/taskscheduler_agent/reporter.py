@@ -14,8 +14,15 @@ Retries are paced twice over:
   one probe per period to a server that is down instead of its whole queue. Any answer from
   the server reopens the gate.
 
-The outbox is read a page (:data:`PAGE_SIZE` reports) at a time, oldest first: after a long
-outage it may hold more reports, with their output, than memory does.
+The outbox is read a page at a time (at most :data:`PAGE_SIZE` reports and about
+:data:`PAGE_BYTES` of them), oldest first: after a long outage it may hold more reports, with
+their output, than memory does.
+
+When several reports of a page are due they go in one request, ``POST /api/v1/executions``
+(one commit on the server instead of one each), and each is acknowledged or retried by the
+answer's result for it. A server that does not know that endpoint (404 / 405: an older one)
+gets one request per report from then on; one that refuses the batch as a whole (413, …) gets
+its reports one by one this time.
 """
 
 from __future__ import annotations
@@ -30,7 +37,16 @@ import attrs
 import httpx
 import trio
 
-from taskscheduler_core import Execution, ExecutionKey, ExecutionReport, unstructure
+from taskscheduler_core import (
+    BatchResult,
+    Execution,
+    ExecutionKey,
+    ExecutionReport,
+    WireError,
+    batch_body,
+    structure,
+    unstructure,
+)
 
 from .backoff import Backoff
 from .outbox import MemoryOutbox, Outbox
@@ -43,9 +59,16 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 #: does not know our credential yet (401: the registration that brings it is under way).
 _RETRYABLE_CLIENT_ERRORS = frozenset({401, 408, 429})
 
-#: How many reports are read from the outbox at a time: each may carry up to the output cap of
-#: each stream, so a page stays a bounded amount of memory.
-PAGE_SIZE = 32
+#: The most reports read from the outbox at a time (and sent in one batch).
+PAGE_SIZE = 500
+
+#: A page ends with the report that takes it to this many bytes of JSON: each may carry up to
+#: the output cap of each stream, so a page stays a bounded amount of memory (and a batch a
+#: body any server takes).
+PAGE_BYTES = 1024 * 1024
+
+#: Answers to a batch that say the server has no batch endpoint: an older server.
+_NO_BATCH_ENDPOINT = frozenset({404, 405})
 
 
 @attrs.define
@@ -70,10 +93,14 @@ class Reporter:
         backoff: Backoff | None = None,
         request_timeout: float = 10.0,
         page_size: int = PAGE_SIZE,
+        page_bytes: int = PAGE_BYTES,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.page_size = page_size
+        self.page_bytes = page_bytes
+        #: Whether the server takes batches; ``False`` after it answered one with 404 / 405.
+        self.batches = True
         self.server_url = server_url.rstrip("/") if server_url else None
         self.outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
         self.backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=30.0)
@@ -134,27 +161,116 @@ class Reporter:
         waiting: set[ExecutionKey] = set()
         after = 0
         while True:
-            page = await self.outbox.pending_page(after=after, limit=self.page_size)
-            for position, execution in page:
-                after = position
-                key = execution.key
-                now = trio.current_time()
-                if now < self._gate_until:
-                    return None if attempted else self._gate_until
-                retry = self._retries.get(key)
+            page = await self.outbox.pending_page(
+                after=after, limit=self.page_size, max_bytes=self.page_bytes
+            )
+            if not page:
+                break
+            after = page[-1][0]
+            if trio.current_time() < self._gate_until:
+                return None if attempted else self._gate_until
+            due: list[Execution] = []
+            for _, execution in page:
+                retry = self._retries.get(execution.key)
                 if retry is not None:
-                    waiting.add(key)
-                    if retry.not_before > now:
+                    waiting.add(execution.key)
+                    if retry.not_before > trio.current_time():
                         earliest = min(earliest, retry.not_before)
                         continue
-                await self._attempt(client, server_url, key, execution)
+                due.append(execution)
+            if len(due) > 1 and self.batches:
                 attempted = True
-                if key in self._retries:  # it failed just now
-                    waiting.add(key)
-            if len(page) < self.page_size:
-                break
+                due = await self._attempt_batch(client, server_url, due)
+            for execution in due:  # one by one: a single one, or what the batch left
+                if trio.current_time() < self._gate_until:
+                    return None if attempted else self._gate_until
+                await self._attempt(client, server_url, execution.key, execution)
+                attempted = True
+            # Whatever failed just now has retry state: the next pass must not forget it.
+            waiting.update(execution.key for _, execution in page if execution.key in self._retries)
         self._forget_gone(waiting)
         return None if attempted else max(earliest, self._gate_until)
+
+    async def _attempt_batch(
+        self, client: httpx.AsyncClient, server_url: str, executions: list[Execution]
+    ) -> list[Execution]:
+        """Report ``executions`` in one request; returns those to send one by one instead
+        (all of them when the server does not take this batch, else none)."""
+        url = f"{server_url}/api/v1/executions"
+        try:
+            content = json.dumps(batch_body(executions), ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError):
+            return executions  # one of them cannot be encoded: _attempt drops that one
+        try:
+            response = await client.post(
+                url, content=content, headers=_JSON_HEADERS, timeout=self.request_timeout
+            )
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as error:
+            self._batch_failed(executions, f"{type(error).__name__}: {error}", retry_after=None)
+            return []
+        status = response.status_code
+        if status in _NO_BATCH_ENDPOINT:
+            logger.info("the server takes no batch reports (HTTP %d): reporting one by one", status)
+            self.batches = False
+            return executions
+        if _server_in_trouble(status):
+            self._batch_failed(
+                executions, f"HTTP {status}", retry_after=_retry_after(response.headers)
+            )
+            return []
+        if not response.is_success:
+            return executions  # refused as a whole (too large, …): each on its own
+        try:
+            results = structure(response.json(), BatchResult).results
+        except (ValueError, WireError):
+            results = ()
+        if len(results) != len(executions):
+            # Not our server's answer (a proxy's page?): nothing is known to be stored.
+            self._batch_failed(executions, f"HTTP {status}: unexpected answer", retry_after=None)
+            return []
+        self._server_answered()
+        done: list[ExecutionKey] = []
+        for execution, result in zip(executions, results, strict=True):
+            key = execution.key
+            if result.acknowledged:
+                self._retries.pop(key, None)
+                done.append(key)
+            elif result.error is not None and result.error.code in _PERMANENT_CODES:
+                self._retries.pop(key, None)
+                done.append(key)
+                logger.error(
+                    "the server refused the report of task %s at %s (%s: %s); dropped it",
+                    execution.task_id,
+                    execution.scheduled_at.isoformat(),
+                    result.error.code,
+                    result.error.message,
+                )
+            else:
+                code = result.error.code if result.error is not None else "not acknowledged"
+                self._failed(key, execution, code, retry_after=None, gate=False)
+        await self.outbox.acknowledge_many(done)
+        logger.debug("reported %d executions in one batch", len(done))
+        return []
+
+    def _batch_failed(
+        self, executions: list[Execution], reason: str, *, retry_after: float | None
+    ) -> None:
+        """The server is in trouble: every report of the batch waits, and the gate closes
+        once (not once per report, which would back off as if that many requests failed)."""
+        for execution in executions:
+            self._failed(execution.key, execution, reason, retry_after=None, gate=False, log=False)
+        # One time for all of them, so that they go together again (each on its own jitter
+        # would scatter the batch into singles).
+        together = max(self._retries[execution.key].not_before for execution in executions)
+        for execution in executions:
+            self._retries[execution.key].not_before = together
+        self._close_gate(retry_after)
+        logger.warning(
+            "could not report %d executions in one batch (%s); retrying in %.3g s",
+            len(executions),
+            reason,
+            max(together, self._gate_until) - trio.current_time(),
+        )
 
     async def _attempt(
         self, client: httpx.AsyncClient, server_url: str, key: ExecutionKey, execution: Execution
@@ -199,17 +315,23 @@ class Reporter:
             self._failed(key, execution, f"HTTP {status}", retry_after=retry_after)
 
     def _failed(
-        self, key: ExecutionKey, execution: Execution, reason: str, *, retry_after: float | None
+        self,
+        key: ExecutionKey,
+        execution: Execution,
+        reason: str,
+        *,
+        retry_after: float | None,
+        gate: bool = True,
+        log: bool = True,
     ) -> None:
         now = trio.current_time()
         retry = self._retries.setdefault(key, _Retry(failures=0, not_before=now))
         retry.failures += 1
         retry.not_before = now + self.backoff.delay(retry.failures)
-        self._gate_failures += 1
-        gate = self.backoff.delay(self._gate_failures)
-        if retry_after is not None:
-            gate = max(gate, min(retry_after, self.backoff.maximum))
-        self._gate_until = now + gate
+        if gate:
+            self._close_gate(retry_after)
+        if not log:
+            return
         logger.warning(
             "could not report task %s at %s (%s, failure %d); retrying in %.3g s",
             execution.task_id,
@@ -218,6 +340,13 @@ class Reporter:
             retry.failures,
             max(retry.not_before, self._gate_until) - now,
         )
+
+    def _close_gate(self, retry_after: float | None) -> None:
+        self._gate_failures += 1
+        gate = self.backoff.delay(self._gate_failures)
+        if retry_after is not None:
+            gate = max(gate, min(retry_after, self.backoff.maximum))
+        self._gate_until = trio.current_time() + gate
 
     def _server_answered(self) -> None:
         self._gate_failures = 0
@@ -255,6 +384,11 @@ _PERMANENT_CODES = frozenset(
         "forbidden",
     }
 )
+
+
+def _server_in_trouble(status: int) -> bool:
+    """A 5xx, or a 4xx that asks to come back later: worth retrying, after a pause."""
+    return status >= 500 or status in _RETRYABLE_CLIENT_ERRORS
 
 
 def _refused_for_good(response: httpx.Response) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from uuid import UUID
 
 import attrs
@@ -137,6 +138,9 @@ class Scheduler:
         self.starting_deadline = starting_deadline
         self.max_missed = max_missed
         self._entries: dict[UUID, _Entry] = {}
+        # The specs again, by task: what :attr:`tasks` shows without copying (it is read on
+        # every start, and an agent may hold ten thousand tasks).
+        self._specs: dict[UUID, TaskSpec] = {}
         self._running: dict[_Slot, _Running] = {}
         self._retries: dict[_Slot, _Retry] = {}
         self._heap: list[tuple[datetime, int, UUID]] = []
@@ -144,7 +148,34 @@ class Scheduler:
 
     @property
     def tasks(self) -> Mapping[UUID, TaskSpec]:
-        return {task_id: entry.spec for task_id, entry in self._entries.items()}
+        """Every task scheduled, by id: a read-only view that follows later changes."""
+        return MappingProxyType(self._specs)
+
+    def upcoming(self, until: datetime) -> list[tuple[TaskSpec, datetime]]:
+        """The next fire time of each task that falls at or before ``until``, without acting on
+        it: what an adapter may prepare ahead (the agent marks these slots taken on disk before
+        they come, so that starting them at their time waits for no disk).
+
+        A poll may still skip or miss such a slot (overlap, starting deadline), and a change of
+        the task may drop it. Only the next slot of each task is listed.
+        """
+        until = require_utc(until)
+        found: list[tuple[TaskSpec, datetime]] = []
+        heap = self._heap
+        # Walk the heap from its root, down only where the times are due: the entries at or
+        # before ``until`` without looking at the others.
+        stack = [0] if heap else []
+        while stack:
+            index = stack.pop()
+            when, generation, task_id = heap[index]
+            if when > until:
+                continue
+            entry = self._entries.get(task_id)
+            if entry is not None and entry.generation == generation and not entry.spec.paused:
+                found.append((entry.spec, when))
+            stack.extend(child for child in (2 * index + 1, 2 * index + 2) if child < len(heap))
+        found.sort(key=lambda item: item[1])
+        return found
 
     def running(self, task_id: UUID) -> frozenset[datetime]:
         """The fire times of ``task_id`` started and not yet recorded as finished."""
@@ -169,6 +200,7 @@ class Scheduler:
         self._generation += 1
         entry = _Entry(spec=spec, after=require_utc(after), generation=self._generation)
         self._entries[spec.task_id] = entry
+        self._specs[spec.task_id] = spec
         if spec.paused:
             self._drop_retries(spec.task_id)
         else:
@@ -178,6 +210,7 @@ class Scheduler:
     def remove_task(self, task_id: UUID) -> bool:
         """Stop scheduling ``task_id``; executions already running are still recorded."""
         self._drop_retries(task_id)
+        self._specs.pop(task_id, None)
         return self._entries.pop(task_id, None) is not None
 
     def next_deadline(self) -> datetime | None:

@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -181,3 +181,25 @@ def test_a_group_whose_leader_exited_is_still_killed(
 def test_a_gone_group_is_no_error() -> None:
     gone = ProcessIdentity(pid=2**22 + 1, start_ticks=1, boot_id=identify(os.getpid()).boot_id)
     assert not kill_leftover_group(gone)
+
+
+async def test_a_slot_prepared_ahead_and_never_started_is_recorded_as_missed(
+    tmp_path: Path, start_collector: StartCollector, wait_for: WaitFor
+) -> None:
+    config = agent_config(tmp_path)
+    config.data_dir.mkdir()
+    task_id = uuid4()
+    with AgentState(config.data_dir / STATE_FILE) as state:
+        # taken 0.2 s before its time (the engine prepares slots ahead), then the agent died
+        state.begin_slots({}, [starting(task_id)], started_at=SLOT - timedelta(seconds=0.2))
+    collector = await start_collector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_agent, attrs.evolve(config, server_url=collector.url))
+        await wait_for(lambda: collector.reports_for(task_id))
+        nursery.cancel_scope.cancel()
+    (report,) = collector.reports_for(task_id)
+    assert report["status"] == "missed"
+    assert report["scheduled_at"] == format_time(SLOT)
+    assert "stopped before this fire time came" in report["stderr"]
+    with AgentState(config.data_dir / STATE_FILE) as state:
+        assert state.running() == []

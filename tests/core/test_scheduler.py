@@ -610,3 +610,48 @@ SchedulerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_scheduler_machine = SchedulerMachine.TestCase
+
+
+@given(
+    seconds=st.lists(st.integers(min_value=1, max_value=120), min_size=1, max_size=40),
+    offsets=st.lists(st.integers(min_value=0, max_value=10**6), min_size=40, max_size=40),
+    paused=st.sets(st.integers(min_value=0, max_value=39), max_size=10),
+    removed=st.sets(st.integers(min_value=0, max_value=39), max_size=10),
+    polled=st.integers(min_value=0, max_value=300),
+    horizon=st.integers(min_value=0, max_value=200_000),
+)
+def test_upcoming_lists_each_task_s_next_slot_up_to_the_horizon_and_changes_nothing(
+    seconds: list[int],
+    offsets: list[int],
+    paused: set[int],
+    removed: set[int],
+    polled: int,
+    horizon: int,
+) -> None:
+    scheduler = Scheduler()
+    specs = []
+    for index, interval in enumerate(seconds):
+        spec = make_spec(f"every {interval} seconds", T0 + offsets[index] * MICROSECOND)
+        specs.append(spec)
+        scheduler.add_task(spec, after=T0)
+    for index in paused & set(range(len(specs))):
+        scheduler.add_task(attrs.evolve(specs[index], paused=True), after=T0)
+    for index in removed & set(range(len(specs))):
+        scheduler.remove_task(specs[index].task_id)
+    now = T0 + polled * SECOND
+    scheduler.poll(now)
+    until = now + horizon * MICROSECOND * 10
+    deadline = scheduler.next_deadline()
+
+    upcoming = scheduler.upcoming(until)
+
+    expected = []
+    for index, spec in enumerate(specs):
+        if index in paused or index in removed:
+            continue
+        when = next_slot_after(spec.anchor, spec.frequency, now)
+        if when <= until:
+            expected.append((spec.task_id, when))
+    assert sorted((spec.task_id, when) for spec, when in upcoming) == sorted(expected)
+    assert [when for _, when in upcoming] == sorted(when for _, when in upcoming)
+    assert scheduler.next_deadline() == deadline  # a look, not an act
