@@ -14,6 +14,7 @@ for both:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from .errors import TaskSchedulerError, WireError
@@ -104,7 +105,7 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(
             422, "invalid_body", f"the body must be a JSON object, got {json_type(data)}"
         )
-    where = _lone_surrogate_at(data)
+    where = _lone_surrogate_at(data) if _MAY_HOLD_SURROGATES.search(raw) else None
     if where is not None:
         raise ApiError(
             422,
@@ -144,6 +145,13 @@ def http_error(
     else:
         message = detail or f"HTTP {status}"
     return ApiError(status, _HTTP_CODES.get(status, f"http_{status}"), message)
+
+
+#: What a body must contain for a parsed string to hold a surrogate: a ``\uD800``–``\uDFFF``
+#: escape, or one encoded as raw bytes (``json.loads`` lets those through). Most bodies have
+#: neither, and skip the walk over every string (a third of the cost of a batch of reports).
+#: A false alarm (an escaped backslash before ``ud9``) only costs the walk.
+_MAY_HOLD_SURROGATES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def _lone_surrogate_at(data: object) -> str | None:

@@ -22,8 +22,8 @@ import attrs
 
 from .errors import WireError
 from .messages import ExecutionReport
-from .models import Execution
-from .wire import json_type, structure, unstructure
+from .models import Execution, ExecutionStatus, Trigger
+from .wire import json_type, parse_time, structure, unstructure
 
 #: The most executions one batch may carry.
 MAX_BATCH_EXECUTIONS = 1000
@@ -92,11 +92,63 @@ def batch_items(data: object) -> list[Any]:
 
 def parse_batch_item(item: object, index: int) -> BatchedReport:
     """Item ``index`` of a batch, or :class:`WireError` naming ``executions.<index>.<field>``."""
+    fast = _plain_item(item)
+    if fast is not None:
+        return fast
     try:
         return structure(item, BatchedReport)
     except WireError as error:
         field = f"executions.{index}" + (f".{error.field}" if error.field else "")
         raise WireError(error.message, field=field) from None
+
+
+_TIMES = ("scheduled_at", "started_at", "finished_at")
+_COUNTS = ("stdout_dropped", "stderr_dropped", "attempt")
+
+
+def _plain_item(item: object) -> BatchedReport | None:
+    """The item, read without cattrs when it is plainly well formed; ``None`` for anything
+    else, which :func:`structure` then reads (and refuses with its usual message).
+
+    Reading a thousand reports a request, cattrs' generic path was most of the server's work;
+    this one accepts exactly what it does (same types, unknown keys ignored, the class's own
+    validators), only sooner. A test holds the two to the same answers.
+    """
+    if not isinstance(item, dict):
+        return None
+    try:
+        task_id, server_id = item["task_id"], item["server_id"]
+        if type(task_id) is not str or type(server_id) is not str:
+            return None
+        fields: dict[str, Any] = {"task_id": UUID(task_id), "server_id": UUID(server_id)}
+        for name in ("stdout", "stderr"):
+            if name in item:
+                if type(item[name]) is not str:
+                    return None
+                fields[name] = item[name]
+        for name in _TIMES:
+            if item.get(name) is not None:
+                fields[name] = parse_time(item[name])
+        for name in _COUNTS:
+            if name in item:
+                if type(item[name]) is not int:
+                    return None
+                fields[name] = item[name]
+        if "exit_code" in item:
+            if item["exit_code"] is not None and type(item["exit_code"]) is not int:
+                return None
+            fields["exit_code"] = item["exit_code"]
+        if "status" in item:
+            fields["status"] = ExecutionStatus(item["status"])
+        if "trigger" in item:
+            fields["trigger"] = Trigger(item["trigger"])
+        if "final" in item:
+            if type(item["final"]) is not bool:
+                return None
+            fields["final"] = item["final"]
+        return BatchedReport(**fields)
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def batch_body(executions: Sequence[Execution]) -> dict[str, Any]:
