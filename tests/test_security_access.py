@@ -112,6 +112,16 @@ ROWS = [
         expect(403, admin=404, **UNKNOWN),
         body=lambda w: report_of(w.agent_id),
     ),
+    # A batch: another agent's request is answered 200, each of its reports refused inside the
+    # answer (``forbidden``: not its to make), as tests/server/test_batch_reports.py checks.
+    Row(
+        "server",
+        "POST",
+        "/api/v1/executions",
+        lambda w: "/api/v1/executions",
+        expect(403, admin=200, agent=200, other_agent=200, **UNKNOWN),
+        body=lambda w: {"executions": [{"task_id": w.task_id, **report_of(w.agent_id)}]},
+    ),
     Row(
         "server",
         "POST",

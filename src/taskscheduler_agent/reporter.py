@@ -67,6 +67,11 @@ PAGE_SIZE = 500
 #: body any server takes).
 PAGE_BYTES = 1024 * 1024
 
+#: Under steady traffic, the least time between two passes over the outbox (seconds): the
+#: reports of that time go in one request instead of one each. A report after a quiet spell
+#: goes at once.
+LINGER = 0.05
+
 #: Answers to a batch that say the server has no batch endpoint: an older server.
 _NO_BATCH_ENDPOINT = frozenset({404, 405})
 
@@ -94,11 +99,13 @@ class Reporter:
         request_timeout: float = 10.0,
         page_size: int = PAGE_SIZE,
         page_bytes: int = PAGE_BYTES,
+        linger: float = LINGER,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.page_size = page_size
         self.page_bytes = page_bytes
+        self.linger = linger
         #: Whether the server takes batches; ``False`` after it answered one with 404 / 405.
         self.batches = True
         self.server_url = server_url.rstrip("/") if server_url else None
@@ -143,19 +150,22 @@ class Reporter:
         while True:
             # A fresh event before reading the outbox: a put during the read still wakes us.
             self._wake = trio.Event()
+            began = trio.current_time()
             wake_at = await self._deliver_due(client, server_url)
-            if wake_at is not None:
-                with trio.move_on_at(wake_at):
-                    await self._wake.wait()
+            with trio.move_on_at(wake_at):
+                await self._wake.wait()
+            # Each request costs the agent (and the server) a millisecond or two of CPU,
+            # whatever it carries: under steady traffic, the reports of `linger` go together.
+            await trio.sleep_until(began + self.linger)
 
-    async def _deliver_due(self, client: httpx.AsyncClient, server_url: str) -> float | None:
+    async def _deliver_due(self, client: httpx.AsyncClient, server_url: str) -> float:
         """One pass over the outbox, a page at a time: attempt each due report, oldest first,
         while the gate is open.
 
-        Returns ``None`` when it attempted any (the outbox is worth reading again at once),
-        else the trio time at which something will be due.
+        Returns the trio time at which something will be due: the gate's reopening, or the
+        earliest retry (infinity when nothing waits). What is put in the outbox meanwhile
+        wakes the loop sooner: reading the outbox again at once would find nothing new.
         """
-        attempted = False
         earliest = math.inf
         # Only the keys that have retry state are remembered: the whole outbox may not fit.
         waiting: set[ExecutionKey] = set()
@@ -168,7 +178,7 @@ class Reporter:
                 break
             after = page[-1][0]
             if trio.current_time() < self._gate_until:
-                return None if attempted else self._gate_until
+                return self._gate_until
             due: list[Execution] = []
             for _, execution in page:
                 retry = self._retries.get(execution.key)
@@ -179,17 +189,19 @@ class Reporter:
                         continue
                 due.append(execution)
             if len(due) > 1 and self.batches:
-                attempted = True
                 due = await self._attempt_batch(client, server_url, due)
             for execution in due:  # one by one: a single one, or what the batch left
                 if trio.current_time() < self._gate_until:
-                    return None if attempted else self._gate_until
+                    return self._gate_until
                 await self._attempt(client, server_url, execution.key, execution)
-                attempted = True
             # Whatever failed just now has retry state: the next pass must not forget it.
-            waiting.update(execution.key for _, execution in page if execution.key in self._retries)
+            for _, execution in page:
+                retry = self._retries.get(execution.key)
+                if retry is not None:
+                    waiting.add(execution.key)
+                    earliest = min(earliest, retry.not_before)
         self._forget_gone(waiting)
-        return None if attempted else max(earliest, self._gate_until)
+        return max(earliest, self._gate_until)
 
     async def _attempt_batch(
         self, client: httpx.AsyncClient, server_url: str, executions: list[Execution]
