@@ -104,7 +104,7 @@ def _canonical(text: object) -> str:
     for part in parts:
         if _FIELD.fullmatch(part) is None:
             raise _invalid(text, f"unexpected character in field {part!r}")
-    fields = " ".join(parts)
+    fields = " ".join(_single_values(part) for part in parts)
     try:
         simulation = CronSim(fields, _REFERENCE)
     except CronSimError as error:
@@ -114,6 +114,31 @@ def _canonical(text: object) -> str:
     except StopIteration:
         raise _invalid(text, f"it never fires (no match in {_HORIZON_YEARS} years)") from None
     return fields
+
+
+_RANGE_WITH_STEP = re.compile(r"([0-9A-Za-z]+)-([0-9A-Za-z]+)/[0-9]+", re.ASCII)
+
+
+def _single_values(field: str) -> str:
+    """``field`` with each range of one value and a step (``5-5/2``) written as that value.
+
+    Cron reads ``5-5/2`` as hour 5 alone; cronsim (2.x) reads it as ``5/2``, every other hour
+    from 5 to 23 — the same expression would fire far more often here than in cron.
+    """
+    items = []
+    for item in field.split(","):
+        match = _RANGE_WITH_STEP.fullmatch(item)
+        if match is not None:
+            first, last = match.group(1), match.group(2)
+            same = (
+                int(first) == int(last)
+                if first.isdigit() and last.isdigit()
+                else first.lower() == last.lower()
+            )
+            if same:
+                item = first
+        items.append(item)
+    return ",".join(items)
 
 
 def _must_be_canonical(instance: object, attribute: attrs.Attribute[str], value: str) -> None:

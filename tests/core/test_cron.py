@@ -506,3 +506,25 @@ def test_wall_clock_fires_are_exactly_the_matching_instants(
     expected = [instant for instant in instants if _matches(cron, instant.astimezone(tz))]
     assert _fires_until(cron, zone, start, end) == expected
     assert cron_fires_between(cron, zone, start, end, len(expected) + 1) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("* 0-0/1 * * *", "* 0 * * *"),
+        ("5-5/2,7 05-5/1 * * *", "5,7 05 * * *"),
+        ("* * * * MON-mon/2", "* * * * MON"),
+        ("* 5-6/1 * * *", "* 5-6/1 * * *"),
+    ],
+)
+def test_a_range_of_one_value_with_a_step_is_that_value(text: str, canonical: str) -> None:
+    # cron reads 0-0/1 as hour 0 alone; cronsim 2.x as 0/1, every hour (found by Hypothesis)
+    cron = parse_cron(text)
+    assert cron.expression == canonical
+    hours = set()
+    moment = datetime(2026, 3, 1, tzinfo=UTC)  # a Sunday; the Monday after it is in range
+    while moment < datetime(2026, 3, 3, tzinfo=UTC):
+        moment = cron_next_after(cron, "UTC", moment)
+        hours.add(moment.hour)
+    hour_field = canonical.split()[1].replace("05", "5")
+    assert hours == _field_values(hour_field, 0, 23)
