@@ -17,7 +17,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import fire_precision, fire_times, first_run, spawn
+from benchmarks import (
+    fanout,
+    fire_precision,
+    fire_times,
+    first_run,
+    footprint,
+    ingest,
+    reads,
+    spawn,
+)
 from benchmarks.report import Result, Size
 
 #: Every benchmark, in the order they run: the ceilings first.
@@ -26,6 +35,10 @@ REGISTRY: dict[str, Callable[[Size], Result]] = {
     "fire_precision": fire_precision.run,
     "first_run": first_run.run,
     "fire_times": fire_times.run,
+    "ingest": ingest.run,
+    "reads": reads.run,
+    "footprint": footprint.run,
+    "fanout": fanout.run,
 }
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"

@@ -44,7 +44,16 @@ def test_every_benchmark_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert finished.returncode == 0, finished.stderr
     document = json.loads(results.read_text())
     benchmarks = document["benchmarks"]
-    assert set(benchmarks) == {"spawn", "fire_precision", "first_run", "fire_times"}
+    assert set(benchmarks) == {
+        "spawn",
+        "fire_precision",
+        "first_run",
+        "fire_times",
+        "ingest",
+        "reads",
+        "footprint",
+        "fanout",
+    }
     for name, figures in benchmarks.items():
         numbers = _numbers(figures)
         assert numbers, name
@@ -53,3 +62,6 @@ def test_every_benchmark_runs_and_writes_its_figures(tmp_path: Path) -> None:
         assert case["tsched"]["completed"] > 0
         assert case["apscheduler"]["completed"] > 0
     assert "fire precision" in finished.stdout
+    ingest = benchmarks["ingest"]
+    assert ingest["failures"] == 0
+    assert ingest["stored"] == ingest["acknowledged"] > 0

@@ -25,6 +25,7 @@ from uuid import UUID
 
 import attrs
 
+from .batch import MAX_BATCH_EXECUTIONS, BatchedReport, BatchItemResult, ItemError
 from .capture import DEFAULT_MAX_OUTPUT_BYTES
 from .cron import Cron
 from .frequency import MAX_FREQUENCY_LENGTH, Frequency
@@ -368,6 +369,34 @@ def _closed(schema: dict[str, Any]) -> dict[str, Any]:
     return schema | {"additionalProperties": False}
 
 
+def _batched_report() -> dict[str, Any]:
+    schema = model_schema(BatchedReport)
+    schema["properties"]["task_id"]["description"] = "the task that ran (in the path of /complete)"
+    return schema
+
+
+def _batch_body() -> dict[str, Any]:
+    """Body of ``POST /api/v1/executions``; only ``executions`` is a field of it."""
+    executions = {
+        "type": "array",
+        "items": {"$ref": _REF + "BatchedReport"},
+        "minItems": 1,
+        "maxItems": MAX_BATCH_EXECUTIONS,
+        "description": "each the body of POST /api/v1/tasks/{task_id}/complete plus its task_id",
+    }
+    return _closed(_object({"executions": executions}))
+
+
+def _batch_result() -> dict[str, Any]:
+    results = {
+        "type": "array",
+        "items": {"$ref": _REF + "BatchItemResult"},
+        "description": "one per report, in the request's order: acknowledged (duplicate: "
+        "stored before) or refused with the error POST .../complete would have answered",
+    }
+    return _object({"results": results}, "sent once every acknowledged report is committed")
+
+
 def server_openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the server's REST API (v1)."""
     document = _base(
@@ -405,6 +434,10 @@ def server_openapi() -> dict[str, Any]:
         "RunSummary": model_schema(RunSummary, all_required=True),
         "RunList": _page("runs", "RunSummary"),
         "RunStarted": model_schema(RunStarted, all_required=True),
+        "BatchedReport": _batched_report(),
+        "ItemError": model_schema(ItemError, all_required=True),
+        "BatchItemResult": model_schema(BatchItemResult, all_required=True)
+        | {"description": "what became of one report: acknowledged, or refused with error"},
     }
     agent_id = {"type": "string", "format": "uuid"}
     task = "/api/v1/tasks/{task_id}"
@@ -548,6 +581,14 @@ def server_openapi() -> dict[str, Any]:
                 body={"$ref": _REF + "ExecutionReport"},
                 path_parameter="task_id",
                 errors=("404",),
+            )
+        },
+        "/api/v1/executions": {
+            "post": _operation(
+                "An agent reports many executions at once: one commit, one result per report",
+                ("200", _batch_result()),
+                roles=("agent", "admin"),
+                body=_batch_body(),
             )
         },
         "/api/v1/agents/register": {

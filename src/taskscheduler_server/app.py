@@ -28,10 +28,14 @@ from taskscheduler_core import (
     Agent,
     AgentList,
     AgentStatus,
+    BatchedReport,
+    BatchItemResult,
+    BatchResult,
     BodyReader,
     ExecutionList,
     ExecutionReport,
     ExecutionStatus,
+    ItemError,
     RegisterAgent,
     RunList,
     RunStarted,
@@ -40,6 +44,7 @@ from taskscheduler_core import (
     TaskCreated,
     TaskList,
     WireError,
+    batch_items,
     client_disconnected,
     delete_task,
     edit_task,
@@ -48,6 +53,7 @@ from taskscheduler_core import (
     http_error,
     keep_tail,
     new_task,
+    parse_batch_item,
     parse_create,
     pause_task,
     resume_task,
@@ -57,7 +63,7 @@ from taskscheduler_core import (
 from taskscheduler_core import ApiError as CoreApiError
 from taskscheduler_core.options import MAX_NAME_LENGTH
 
-from .auth import Guard, Role
+from .auth import Caller, Guard, Role
 from .clock import utc_now
 from .config import ServerConfig
 from .dispatch import Dispatcher
@@ -71,10 +77,15 @@ from .store import AsyncStore, Store, to_micros
 logger = logging.getLogger("taskscheduler.server.app")
 
 T = TypeVar("T")
+R = TypeVar("R", bound=ExecutionReport)
 
 #: SQLite stores signed 64-bit integers; a larger number in a report is refused, not a crash.
 _INT64 = range(-(2**63), 2**63)
 
+
+#: The two answers of an acknowledged report, encoded once (as JSONResponse would).
+_NEW = b'{"acknowledged":true,"duplicate":false}'
+_DUPLICATE = b'{"acknowledged":true,"duplicate":true}'
 
 #: Default page sizes of the listings.
 TASKS_PAGE = 100
@@ -389,22 +400,19 @@ class _Api:
             raise self.no_task(task_id)
         return JSONResponse(unstructure(output))
 
-    async def complete(self, request: Request) -> Response:
-        caller = await self.guard.agent_caller(request)
-        task_id = self.task_id(request)
-        report = await self.read_body(request, ExecutionReport, self.max_report_bytes)
-        self.guard.check_speaks_for(caller, report.server_id)
-        if caller is not None and caller.role is Role.AGENT:
-            assigned = await self.store.call(Store.assignment_times, task_id)
-            if report.server_id not in assigned:
-                raise forbidden(f"task {task_id} is not assigned to agent {report.server_id}")
+    def checked_report(self, report: R) -> R:
+        """``report`` with its numbers checked (422 naming the field) and its streams cut to
+        their last ``max_output_bytes``."""
         for name in ("attempt", "exit_code", "stdout_dropped", "stderr_dropped"):
             value = getattr(report, name)
             if value is not None and value not in _INT64:
                 raise ApiError(
                     422, "validation_error", "must fit in a signed 64-bit integer", field=name
                 )
-        # The agent caps each stream too, but the server does not take its word for it.
+        # The agent caps each stream too, but the server does not take its word for it. A
+        # character is at most 4 UTF-8 bytes: streams that short need no encoding to count.
+        if 4 * max(len(report.stdout), len(report.stderr)) <= self.max_output_bytes:
+            return report
         stdout, stdout_cut = keep_tail(report.stdout, self.max_output_bytes)
         stderr, stderr_cut = keep_tail(report.stderr, self.max_output_bytes)
         if stdout_cut or stderr_cut:
@@ -415,15 +423,95 @@ class _Api:
                 stdout_dropped=min(report.stdout_dropped + stdout_cut, _INT64[-1]),
                 stderr_dropped=min(report.stderr_dropped + stderr_cut, _INT64[-1]),
             )
+        return report
+
+    async def complete(self, request: Request) -> Response:
+        caller = await self.guard.agent_caller(request)
+        task_id = self.task_id(request)
+        report = await self.read_body(request, ExecutionReport, self.max_report_bytes)
+        self.guard.check_speaks_for(caller, report.server_id)
+        if caller is not None and caller.role is Role.AGENT:
+            assigned = await self.store.call(Store.assignment_times, task_id)
+            if report.server_id not in assigned:
+                raise forbidden(f"task {task_id} is not assigned to agent {report.server_id}")
+        report = self.checked_report(report)
         received_at = self.clock()
         execution = report.execution(task_id, received_at=received_at)
         try:
-            # A report is also a sign of life of the agent that sends it.
-            new = await self.store.call(Store.record_execution, execution, seen_at=received_at)
+            # A report is also a sign of life of the agent that sends it. Committed together
+            # with the reports that other requests are making at the same moment.
+            new = await self.store.record_execution(execution, seen_at=received_at)
         except TaskNotFound:
             raise self.no_task(task_id) from None
         # Answered only now, after the commit: the agent may forget the report when it sees 200.
-        return JSONResponse({"acknowledged": True, "duplicate": not new})
+        return Response(_NEW if new else _DUPLICATE, media_type="application/json")
+
+    async def report_executions(self, request: Request) -> Response:
+        """``POST /api/v1/executions``: many reports, one commit (:mod:`taskscheduler_core.batch`).
+
+        Each item is checked as ``complete`` checks its one report; an item it would refuse is
+        refused alone (its result carries the error, its ``field`` prefixed with
+        ``executions.<index>``), and the others are stored. Only the caller's token, the
+        envelope, the size and the JSON refuse the whole request.
+        """
+        caller = await self.guard.agent_caller(request)
+        data = await self.read_body(request, dict, self.max_report_bytes)
+        items = _validated(batch_items, data)
+        results: list[BatchItemResult | None] = [None] * len(items)
+        reports: dict[int, BatchedReport] = {}
+        for index, item in enumerate(items):
+            try:
+                report = parse_batch_item(item, index)
+                self.guard.check_speaks_for(caller, report.server_id)
+                reports[index] = self.checked_report(report)
+            except WireError as error:
+                results[index] = _refused("validation_error", error.message, error.field)
+            except CoreApiError as error:
+                field = "server_id" if error.code == "forbidden" else error.field
+                results[index] = _refused(error.code, error.message, _item_field(index, field))
+        if caller is not None and caller.role is Role.AGENT:
+            await self.refuse_unassigned(caller, reports, results)
+        received_at = self.clock()
+        indexes = list(reports)
+        executions = [
+            reports[index].execution(reports[index].task_id, received_at=received_at)
+            for index in indexes
+        ]
+        # One transaction for the whole batch (with those of concurrent requests); each agent
+        # in it counts as heard from once. (Nothing to write if every report was refused.)
+        outcomes = (
+            await self.store.record_executions(executions, seen_at=received_at)
+            if executions
+            else []
+        )
+        for index, outcome in zip(indexes, outcomes, strict=True):
+            if isinstance(outcome, TaskNotFound):
+                message = f"no task with id {outcome.task_id}"
+                results[index] = _refused("task_not_found", message, _item_field(index, "task_id"))
+            else:
+                results[index] = BatchItemResult(acknowledged=True, duplicate=not outcome)
+        # Answered only now, after the commit: the agent may forget what was acknowledged.
+        return JSONResponse(unstructure(BatchResult(results=_settled(results))))
+
+    async def refuse_unassigned(
+        self,
+        caller: Caller,
+        reports: dict[int, BatchedReport],
+        results: list[BatchItemResult | None],
+    ) -> None:
+        """Take out of ``reports`` (refused in ``results``) those of tasks not assigned to the
+        reporting agent, as ``complete`` refuses them (403)."""
+        task_ids = {report.task_id for report in reports.values()}
+
+        def assignments(store: Store) -> dict[UUID, dict[UUID, datetime]]:
+            return {task_id: store.assignment_times(task_id) for task_id in task_ids}
+
+        assigned = await self.store.call(assignments)
+        for index, report in list(reports.items()):
+            if report.server_id not in assigned[report.task_id]:
+                del reports[index]
+                message = f"task {report.task_id} is not assigned to agent {report.server_id}"
+                results[index] = _refused("forbidden", message, _item_field(index, "task_id"))
 
     async def register_agent(self, request: Request) -> Response:
         caller = await self.guard.registration_caller(request)
@@ -498,6 +586,24 @@ def _validated(parse: Callable[[dict[str, Any]], T], data: dict[str, Any]) -> T:
         raise ApiError(422, "validation_error", error.message, field=error.field) from None
 
 
+def _item_field(index: int, field: str | None) -> str:
+    """The dotted path of ``field`` of item ``index`` of a batch."""
+    return f"executions.{index}" + (f".{field}" if field else "")
+
+
+def _refused(code: str, message: str, field: str | None) -> BatchItemResult:
+    return BatchItemResult(
+        acknowledged=False, error=ItemError(code=code, message=message, field=field)
+    )
+
+
+def _settled(results: list[BatchItemResult | None]) -> list[BatchItemResult]:
+    """Every item's result, now that each has one."""
+    settled = [result for result in results if result is not None]
+    assert len(settled) == len(results), "every item of a batch gets a result"
+    return settled
+
+
 def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in wanted.items())
 
@@ -565,6 +671,10 @@ def create_app(
         reconciler.agent_headers = api.guard.agent_headers
     task = "/api/v1/tasks/{task_id}"
     routes = [
+        # The agents' reports first: they are most of the traffic, and Starlette tries the
+        # routes in order (no two of these paths overlap, so the order changes nothing else).
+        Route(f"{task}/complete", api.complete, methods=["POST"]),
+        Route("/api/v1/executions", api.report_executions, methods=["POST"]),
         Route("/api/v1/tasks/create", api.create_task, methods=["POST"]),
         Route("/api/v1/tasks", api.create_task, methods=["POST"]),
         Route("/api/v1/tasks", api.list_tasks, methods=["GET"]),
@@ -577,7 +687,6 @@ def create_app(
         Route(f"{task}/runs", api.list_runs, methods=["GET"]),
         Route(f"{task}/executions", api.list_executions, methods=["GET"]),
         Route(f"{task}/latest_output", api.latest_output, methods=["GET"]),
-        Route(f"{task}/complete", api.complete, methods=["POST"]),
         Route("/api/v1/agents/register", api.register_agent, methods=["POST"]),
         Route("/api/v1/agents/{agent_id}/heartbeat", api.heartbeat, methods=["POST"]),
         Route("/api/v1/agents", api.list_agents, methods=["GET"]),

@@ -16,6 +16,11 @@ pushes its agent's assignments one after the other; while its agent is unreachab
 with capped exponential backoff and jitter. A registration of that agent ends the wait at once
 (the agent says it is up); new work for an agent in backoff waits for the next attempt, so that
 creating tasks does not hammer a dead agent.
+
+A new task goes to all its agents at once, so the store calls around the pushes are batched:
+the watcher reads the work of every idle lane in one call, and the acknowledgments that come
+meanwhile are recorded in one call. One call per lane would queue them one behind the other
+(the store runs one call at a time), and the last agents would wait for all of them.
 """
 
 from __future__ import annotations
@@ -64,6 +69,11 @@ RUN_PATH = "/api/v1/tasks/{task_id}/run"
 #: Statuses that say "not now" rather than "never": a request refused with one is tried again.
 _TRANSIENT = frozenset({408, 425, 429})
 
+#: The connections to agents: as many at once as httpx allows by default (each lane has at most
+#: one request in flight), and all of them kept open between pushes; httpx keeps only 20, so
+#: that past 20 agents a fan-out would connect anew to the others every time.
+AGENT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+
 #: One manual run to send an agent: the task, and the run's time.
 _RunKey = tuple[UUID, datetime]
 
@@ -103,12 +113,40 @@ class _Lane:
     backing_off: bool = False
     # An urgent wake-up (the agent registered) also restarts the backoff from its start.
     urgent: bool = False
+    #: Waiting for work after a round that delivered everything (or before its first round):
+    #: the watcher may then read the lane's work for it, with other idle lanes' (see ``work``).
+    idle: bool = True
+    #: The undelivered assignments the watcher read for this lane, which its next round pushes
+    #: instead of reading its own. Read after the change that woke the lane, so as fresh as the
+    #: lane's own read would be; a stale one can only push a task twice (harmless: scheduling
+    #: is idempotent, and an outdated acknowledgment marks nothing).
+    work: list[Assignment] | None = None
 
     def wake(self, *, urgent: bool) -> None:
         if urgent:
             self.urgent = True
+            # The agent registered: its assignments were all marked undelivered just now,
+            # maybe after the watcher read this work.
+            self.work = None
         if urgent or not self.backing_off:
             self.wakeup.set()
+
+
+@attrs.define(eq=False)
+class _Acknowledgment:
+    """An assignment its agent acknowledged, waiting to be recorded delivered."""
+
+    assignment: Assignment
+    #: When the agent acknowledged it.
+    delivered_at: datetime
+    recorded: trio.Event = attrs.Factory(trio.Event)
+    #: What :meth:`Store.mark_delivered` answered.
+    marked: bool = False
+
+
+def _mark_all_delivered(store: Store, delivered: list[tuple[Assignment, datetime]]) -> list[bool]:
+    """:meth:`Store.mark_delivered` of each assignment with its time, in one store call."""
+    return [store.mark_delivered(assignment, moment) for assignment, moment in delivered]
 
 
 class Dispatcher:
@@ -147,6 +185,9 @@ class Dispatcher:
         # Set when there may be undelivered work the lanes do not know of yet.
         self._changed = trio.Event()
         self._changed.set()  # so that run() loads what an earlier life left undelivered
+        # Acknowledged pushes not yet recorded, and set when there are some.
+        self._acknowledged: list[_Acknowledgment] = []
+        self._to_record = trio.Event()
 
     @classmethod
     def from_config(cls, store: AsyncStore, config: ServerConfig) -> Dispatcher:
@@ -193,7 +234,7 @@ class Dispatcher:
             # trust_env=False: agents are peers on our own network, never reached through the
             # proxies the environment may configure for the outside world.
             httpx.AsyncClient(
-                timeout=self._timeout, trust_env=False, verify=self._verify
+                timeout=self._timeout, trust_env=False, verify=self._verify, limits=AGENT_LIMITS
             ) as client,
             trio.open_nursery() as nursery,
         ):
@@ -202,6 +243,7 @@ class Dispatcher:
             try:
                 for url in self.available_agents:
                     nursery.start_soon(self._resolve, url)
+                nursery.start_soon(self._record_acknowledgments)
                 task_status.started()
                 await self._watch_for_work()
             finally:
@@ -213,8 +255,17 @@ class Dispatcher:
             await self._changed.wait()
             self._changed = trio.Event()
             awaiting = await self._store.call(Store.agents_awaiting_delivery)
-            for agent_id in awaiting | {agent for agent, runs in self._runs.items() if runs}:
-                lane = self._lanes.get(agent_id) or self._start_lane(agent_id)
+            wanted = awaiting | {agent for agent, runs in self._runs.items() if runs}
+            lanes = [self._lanes.get(agent_id) or self._start_lane(agent_id) for agent_id in wanted]
+            # The idle lanes' work is read here, in one store call. Read by each lane, the reads
+            # queue one behind another in the store (one thread, one call at a time), and the
+            # first acknowledgments behind all of them: with 50 agents, the last lane started
+            # its push only after 50 reads, and no push was recorded before it.
+            idle = [lane.agent_id for lane in lanes if lane.idle and lane.agent_id in awaiting]
+            work = await self._store.call(Store.undelivered_by_agent, idle) if idle else {}
+            for lane in lanes:
+                if lane.idle and lane.agent_id in work:  # still idle: nothing read it since
+                    lane.work = work[lane.agent_id]
                 lane.wake(urgent=False)
 
     def _start_lane(self, agent_id: UUID) -> _Lane:
@@ -232,12 +283,16 @@ class Dispatcher:
             if lane.urgent:
                 lane.urgent = False
                 backoff.reset()
-            pending = await self._store.call(Store.undelivered, lane.agent_id)
+            lane.idle = False
+            pending, lane.work = lane.work, None
+            if pending is None:
+                pending = await self._store.call(Store.undelivered, lane.agent_id)
             if await self._deliver(lane.agent_id, pending, quiet=failures > 0):
                 if failures:
                     logger.info("agent %s is reachable again", lane.agent_id)
                 failures = 0
                 backoff.reset()
+                lane.idle = True
                 await lane.wakeup.wait()
                 continue
             failures += 1
@@ -293,9 +348,36 @@ class Dispatcher:
                 response.text[:200],
             )
             return False
-        await self._store.call(Store.mark_delivered, assignment, self._clock())
+        await self._mark_delivered(assignment)
         logger.debug("delivered %s %s to agent %s", what, task_id, assignment.agent_id)
         return True
+
+    async def _mark_delivered(self, assignment: Assignment) -> bool:
+        """Record ``assignment`` delivered (see :meth:`Store.mark_delivered`) once it is.
+
+        The lanes' acknowledgments are recorded together, by one task in one store call for
+        all those that came meanwhile: when a task is created, its agents answer nearly at once,
+        and one store call (one thread, one at a time) each would queue them one behind the
+        other.
+        """
+        acknowledgment = _Acknowledgment(assignment, self._clock())
+        self._acknowledged.append(acknowledgment)
+        self._to_record.set()
+        await acknowledgment.recorded.wait()
+        return acknowledgment.marked
+
+    async def _record_acknowledgments(self) -> None:
+        """Record the acknowledgments waiting, all in one store call, until cancelled."""
+        while True:
+            await self._to_record.wait()
+            self._to_record = trio.Event()
+            batch, self._acknowledged = self._acknowledged, []
+            marked = await self._store.call(
+                _mark_all_delivered, [(each.assignment, each.delivered_at) for each in batch]
+            )
+            for acknowledgment, was_marked in zip(batch, marked, strict=True):
+                acknowledgment.marked = was_marked
+                acknowledgment.recorded.set()
 
     async def _send_runs(self, agent_id: UUID, *, quiet: bool) -> bool:
         """Send the agent its manual runs; ``True`` when none is left to retry.

@@ -3,7 +3,9 @@
 The rule is the core's (:func:`taskscheduler_core.latest_complete_run`); this module only feeds
 it. Runs are read newest first, a page at a time and without their output, until a complete
 one is found: a run older than the report grace with any execution is always complete, so this
-reads little more than the runs inside the grace window. Only the chosen run's output is read.
+reads little more than the runs inside the grace window. The first page is small, since the
+newest run or the one before it is nearly always the answer; only the chosen run's output is
+read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from taskscheduler_core import LatestOutput, latest_complete_run
 
 from .store import Store
 
-#: Runs read per page while looking for the newest complete one.
+#: Runs read by the first page: the newest complete run is nearly always among them (the newest
+#: is complete, or still waiting for its reports while the one before it is).
+FIRST_PAGE = 4
+#: Runs read per page after the first, while looking for the newest complete one.
 RUNS_PER_PAGE = 50
 
 
@@ -57,15 +62,17 @@ def latest_output_of(
         return None
     expected = expected_agents(store, task_id)
     before: datetime | None = None
+    page = FIRST_PAGE
     while True:
         runs = store.recent_runs(
-            task_id, limit=RUNS_PER_PAGE, before=before, with_output=False, ran_only=True
+            task_id, limit=page, before=before, with_output=False, ran_only=True
         )
         run = latest_complete_run(runs, expected=expected, now=now, report_grace=report_grace)
         if run is not None:
             shown = store.run(task_id, run.scheduled_at)
             assert shown is not None  # read in the same call: nothing deleted it meanwhile
             return shown.output()
-        if len(runs) < RUNS_PER_PAGE:
+        if len(runs) < page:
             return LatestOutput(completion_time=None, outputs=())
         before = runs[-1].scheduled_at
+        page = RUNS_PER_PAGE
