@@ -70,6 +70,12 @@ logger = logging.getLogger(__name__)
 #: The longest the loop sleeps before it looks at the time of day again (seconds).
 MAX_SLEEP = 1.0
 
+#: How many commands may wait to start at once. Past it the agent is overloaded (due commands
+#: come faster than it can start processes): a slot due then is recorded as ``skipped`` at once
+#: rather than queued, so that the commands it does start start on time, and the backlog (and
+#: every command's lateness) cannot grow without bound.
+MAX_STARTING = 50
+
 #: How far ahead fire times are marked taken on disk (seconds): far more than a commit takes,
 #: and short, so that a task changed meanwhile rarely leaves a prepared slot to release.
 PREPARE_AHEAD = 0.2
@@ -221,6 +227,7 @@ class Engine:
         self._preparing = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._executing = 0
+        self._starting = 0  # launched, process not started yet
         self._idle = trio.Event()  # set by the last execution to end once stopping
         self._stopped = trio.Event()
 
@@ -552,14 +559,56 @@ class Engine:
 
     def _launch(self, nursery: trio.Nursery, start: StartExecution) -> None:
         """Run ``start`` in ``nursery``; its slot is taken on disk already."""
-        running = _Running(start=start)
         slot = (start.task.task_id, start.scheduled_at)
+        if self._starting >= MAX_STARTING:
+            self._early_stops.pop(slot, None)
+            self.scheduler.record_finished(*slot, ExecutionStatus.SKIPPED, now=self.clock.now())
+            skip = SkipExecution(
+                task=start.task,
+                scheduled_at=start.scheduled_at,
+                status=ExecutionStatus.SKIPPED,
+                reason=f"the agent is overloaded: {self._starting} commands wait to start",
+                trigger=start.trigger,
+            )
+            self._executing += 1
+            nursery.start_soon(self._record_overload, skip, start.attempt)
+            return
+        self._starting += 1
+        running = _Running(start=start)
         self._running[slot] = running
         early = self._early_stops.pop(slot, None)
         if early is not None:
             _stop(running, early)
         self._executing += 1
         nursery.start_soon(self._execute, running)
+
+    async def _record_overload(self, skip: SkipExecution, attempt: int) -> None:
+        try:
+            # Its attempt too: recording it is what ends the slot's ``running`` row.
+            now = self.clock.now()
+            logger.warning(
+                "task %s at %s skipped: %s",
+                skip.task.task_id,
+                format_time(skip.scheduled_at),
+                skip.reason,
+            )
+            await self._deliver(
+                Execution(
+                    task_id=skip.task.task_id,
+                    agent_id=self.agent_id,
+                    scheduled_at=skip.scheduled_at,
+                    started_at=now,
+                    finished_at=now,
+                    status=skip.status,
+                    stderr=f"taskscheduler: skipped: {skip.reason}\n",
+                    attempt=attempt,
+                    trigger=skip.trigger,
+                )
+            )
+        finally:
+            self._executing -= 1
+            if self._stopping and not self._executing:
+                self._idle.set()
 
     async def _execute(self, running: _Running) -> None:
         try:
@@ -590,7 +639,16 @@ class Engine:
         if spec.max_output_bytes is not None:
             cap = min(cap, spec.max_output_bytes)
 
+        starting = True
+
+        def now_started() -> None:
+            nonlocal starting
+            if starting:
+                starting = False
+                self._starting -= 1
+
         async def started(pid: int) -> None:
+            now_started()
             await self._store.process_started(
                 spec.task_id, scheduled_at, pid, attempt=start.attempt
             )
@@ -613,8 +671,10 @@ class Engine:
         except BaseException:
             # Cancelled (an abrupt stop): the group is killed, nothing is recorded; the
             # scheduler must still let go of the slot.
+            now_started()
             self._finished(running, result=None)
             raise
+        now_started()  # if no process could start, it waits no longer either
         if running.stop_status is not None:
             # Stopped by the scheduler (timeout, replaced) or by the shutdown: reported with
             # that status even if the command ended by itself in the same instant, since that

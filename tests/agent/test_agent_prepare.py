@@ -10,12 +10,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
+import pytest
 import trio
 import trio.testing
 
+import taskscheduler_agent.engine as engine_module
 from taskscheduler_agent import Engine, WallClock
 from taskscheduler_agent.engine import PREPARE_AHEAD
-from taskscheduler_core import Execution, StartExecution, TaskSpec, parse_frequency
+from taskscheduler_core import (
+    Execution,
+    ExecutionStatus,
+    StartExecution,
+    TaskSpec,
+    parse_frequency,
+)
 
 START = datetime(2026, 11, 28, 3, 16, 1, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -129,3 +137,33 @@ async def test_the_prepared_slot_of_a_removed_task_is_released_and_not_run(
     mock_clock.jump(2)
     await trio.testing.wait_all_tasks_blocked(cushion=0.05)
     assert delivered == []
+
+
+async def test_an_overloaded_agent_skips_what_it_cannot_start_instead_of_queueing_it(
+    mock_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    shell_env: dict[str, str],
+    settle: Settle,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One command may wait to start at a time: of two due at the same instant, the second
+    # finds the agent overloaded.
+    monkeypatch.setattr(engine_module, "MAX_STARTING", 1)
+    store, delivered = SlowStore(), list[Execution]()
+    engine = await _engine(nursery, store, delivered, shell_env)
+    first, second = spec(), spec()
+    await engine.add_task(first)
+    await engine.add_task(second)
+    for _ in range(19):
+        mock_clock.jump(0.05)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    mock_clock.jump(0.0501)
+    await settle(lambda: len(delivered) == 2)
+    by_status = {execution.status: execution for execution in delivered}
+    assert set(by_status) == {ExecutionStatus.SUCCEEDED, ExecutionStatus.SKIPPED}
+    skipped = by_status[ExecutionStatus.SKIPPED]
+    assert "the agent is overloaded" in skipped.stderr
+    assert skipped.scheduled_at == START + SECOND
+    # the skipped slot is let go: the task runs again at its next fire time
+    assert engine.scheduler.running(skipped.task_id) == frozenset()
+    assert engine._starting == 0
