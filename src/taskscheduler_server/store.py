@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -52,6 +53,8 @@ from taskscheduler_core import (
 
 from .errors import ServerError, TaskNotFound
 from .records import AgentCredential, Assignment
+
+logger = logging.getLogger("taskscheduler.server.store")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -1619,6 +1622,12 @@ class AsyncStore:
                 return
             # One bad write must not fail the others: each again in a transaction of its own,
             # so that each caller gets its own outcome.
+            logger.warning(
+                "storing %d reports together failed (%r); storing each request's on its own",
+                len(batch),
+                error,
+                exc_info=error,
+            )
             for write in batch:
                 await self._write([write])
             return
