@@ -22,8 +22,8 @@ commit is under way): a command started only after it would start milliseconds l
 fire times of the next :data:`PREPARE_AHEAD` seconds are marked taken *before* they come, by a
 task of their own (:meth:`Engine._prepare_forever`), and at its time a prepared slot starts at
 once. What the poll does not start after all (a skip, a task removed or changed meanwhile) is
-recorded or released as usual; a prepared slot that a crash leaves behind is recorded as
-missed at the next start. Retries, manual runs and slots that were not prepared in time take
+recorded or released as usual; the prepared slots left at a graceful stop are recorded as
+missed, and one that a crash leaves behind is recorded at the next start as interrupted. Retries, manual runs and slots that were not prepared in time take
 the slow path: marked taken when they are due, then started.
 
 Stopping: :meth:`Engine.stop` is the graceful way (nothing new starts, running commands get
@@ -170,6 +170,8 @@ class _Running:
     stop_note: str = ""
     #: Stopped by a shutdown: no retry follows, whatever the task's ``retries``.
     shutdown: bool = False
+    #: Counted among the commands waiting to start (the engine's ``_starting``).
+    starting: bool = True
 
     def kill(self, status: ExecutionStatus, note: str, *, shutdown: bool = False) -> None:
         if self.stop_status is None:  # the first reason wins: it is what the scheduler saw
@@ -378,12 +380,13 @@ class Engine:
                 self._killed = True
                 for running in self._running.values():
                     running.kill(ExecutionStatus.ERROR, KILLED_ON_SHUTDOWN, shutdown=True)
-                # The prepared slots that will not start now: not missed, not run, forgotten
-                # (a restart resumes after them, as after any slot acted on).
-                async with self._changing:
-                    await self._store.release_slots(sorted(self._prepared))
-                    self._prepared.clear()
+                # The prepared slots that will not start now are missed: recorded so (which
+                # ends their ``running`` rows), since a restart resumes after them.
                 self._preparing.cancel()
+                async with self._changing:
+                    for task_id, scheduled_at in sorted(self._prepared):
+                        await self._deliver(_missed_on_stop(self.agent_id, task_id, scheduled_at))
+                    self._prepared.clear()
         finally:
             self._nursery = None
             self._stopped.set()
@@ -610,10 +613,17 @@ class Engine:
             if self._stopping and not self._executing:
                 self._idle.set()
 
+    def _started(self, running: _Running) -> None:
+        """``running`` no longer waits to start (its process runs, or none could start)."""
+        if running.starting:
+            running.starting = False
+            self._starting -= 1
+
     async def _execute(self, running: _Running) -> None:
         try:
             await self._execute_and_deliver(running)
         finally:
+            self._started(running)
             self._executing -= 1
             if self._stopping and not self._executing:
                 self._idle.set()
@@ -639,13 +649,8 @@ class Engine:
         if spec.max_output_bytes is not None:
             cap = min(cap, spec.max_output_bytes)
 
-        starting = True
-
         def now_started() -> None:
-            nonlocal starting
-            if starting:
-                starting = False
-                self._starting -= 1
+            self._started(running)
 
         async def started(pid: int) -> None:
             now_started()
@@ -738,6 +743,18 @@ class Engine:
                 trigger=action.trigger,
             )
         )
+
+
+def _missed_on_stop(agent_id: UUID, task_id: UUID, scheduled_at: datetime) -> Execution:
+    return Execution(
+        task_id=task_id,
+        agent_id=agent_id,
+        scheduled_at=scheduled_at,
+        started_at=scheduled_at,
+        finished_at=scheduled_at,
+        status=ExecutionStatus.MISSED,
+        stderr="taskscheduler: missed: the agent stopped before this fire time\n",
+    )
 
 
 def _stop(running: _Running, stop: StopExecution) -> None:

@@ -9,8 +9,9 @@ recording it ends the ``running`` record in the same transaction. It is not run 
 was taken.
 
 A record taken *before* its fire time (``started_at < scheduled_at``) with no process is a slot
-the engine prepared ahead (see :mod:`.engine`) and never started: it is recorded as
-``missed``, like any fire time that passed while the agent was down.
+the engine prepared ahead (see :mod:`.engine`): the agent stopped before its fire time, or in the
+instant between starting its command and noting the process. Nothing says which, so it is an
+``error`` whose stderr says the command may not have started.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ logger = logging.getLogger(__name__)
 #: The stderr of an execution the agent was interrupted in.
 INTERRUPTED = "taskscheduler: interrupted: the agent stopped while this command ran"
 
-#: The stderr of a prepared slot the agent stopped before starting.
-PREPARED_NOT_STARTED = "taskscheduler: missed: the agent stopped before this fire time came"
+#: The stderr of a prepared slot the agent stopped at or before.
+PREPARED_NOT_STARTED = (
+    "taskscheduler: interrupted: the agent stopped at or before this fire time; "
+    "the command may not have started"
+)
 
 
 async def recover_interrupted(
@@ -67,10 +71,11 @@ def _interrupted(
             scheduled_at=running.scheduled_at,
             started_at=max(now, running.scheduled_at),
             finished_at=max(now, running.scheduled_at),
-            status=ExecutionStatus.MISSED,
+            status=ExecutionStatus.ERROR,
             stderr=f"{PREPARED_NOT_STARTED}\n",
             attempt=running.attempt,
             trigger=running.trigger,
+            final=True,
         )
     if running.process is None:
         what = "before its process was recorded"

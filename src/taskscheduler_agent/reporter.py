@@ -171,6 +171,8 @@ class Reporter:
         waiting: set[ExecutionKey] = set()
         after = 0
         while True:
+            if trio.current_time() < self._gate_until:
+                return self._gate_until  # before reading: a closed gate sends nothing
             page = await self.outbox.pending_page(
                 after=after, limit=self.page_size, max_bytes=self.page_bytes
             )

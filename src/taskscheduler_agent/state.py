@@ -605,9 +605,15 @@ class _Write:
     """One write waiting for the next commit, and how it went."""
 
     call: Callable[[], object]
+    #: Set once the write is settled, or when its caller is asked to flush next.
     done: trio.Event = attrs.field(factory=trio.Event)
+    settled: bool = False
     value: object = None
     error: BaseException | None = None
+
+    def settle(self, value: object = None, error: BaseException | None = None) -> None:
+        self.value, self.error, self.settled = value, error, True
+        self.done.set()
 
 
 class AsyncAgentState:
@@ -643,52 +649,55 @@ class AsyncAgentState:
             return await trio.to_thread.run_sync(
                 functools.partial(method, *args, **kwargs), limiter=self._limiter
             )
-        except peewee.PeeweeException as error:
+        except (peewee.PeeweeException, sqlite3.Error) as error:  # plain SQL raises sqlite3's
             path = self.state.path
             raise StateError(f"cannot use {path}: {error}", path=path) from error
 
     async def _write(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Queue a write for the next commit and wait for it (see the class docstring)."""
+        """Queue a write for the next commit and wait for it (see the class docstring).
+
+        The caller that finds no commit under way commits the queue; the others wait. When a
+        commit ends with writes queued meanwhile, the first of them is asked to commit those:
+        each caller commits at most once, so none is kept committing others' writes under a
+        steady stream of them.
+        """
         write = _Write(functools.partial(method, *args, **kwargs))
         self._writes.append(write)
         # Shielded: the write is queued, so it is committed; the caller learns of its
         # cancellation after that, and a flusher's cancellation never strands the others.
         with trio.CancelScope(shield=True):
-            if not self._flushing:
+            if self._flushing:
+                await write.done.wait()
+            else:
+                self._flushing = True
+            if not write.settled:  # no commit under way, or asked to commit the next one
                 await self._flush()
-            await write.done.wait()
         if write.error is not None:
-            if isinstance(write.error, peewee.PeeweeException):
+            if isinstance(write.error, peewee.PeeweeException | sqlite3.Error):
                 path = self.state.path
                 raise StateError(f"cannot use {path}: {write.error}", path=path) from write.error
             raise write.error
         return write.value  # type: ignore[return-value]
 
     async def _flush(self) -> None:
-        self._flushing = True
+        batch, self._writes = self._writes, []
         try:
-            while self._writes:
-                batch, self._writes = self._writes, []
-                try:
-                    outcomes = await trio.to_thread.run_sync(
-                        self.state.apply, [write.call for write in batch], limiter=self._limiter
-                    )
-                except BaseException as error:  # the commit failed: none of them is written
-                    for write in batch:
-                        write.error = error
-                        write.done.set()
-                    if not isinstance(error, Exception):
-                        raise
-                    continue
-                for write, (value, failure) in zip(batch, outcomes, strict=True):
-                    write.value, write.error = value, failure
-                    write.done.set()
+            outcomes = await trio.to_thread.run_sync(
+                self.state.apply, [write.call for write in batch], limiter=self._limiter
+            )
+        except BaseException as error:  # the commit failed: none of them is written
+            for write in batch:
+                write.settle(error=error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            for write, (value, failure) in zip(batch, outcomes, strict=True):
+                write.settle(value, failure)
         finally:
-            self._flushing = False
-            for write in self._writes:  # only after a BaseException: none may wait forever
-                write.error = RuntimeError("the agent state stopped writing")
-                write.done.set()
-            self._writes = []
+            if self._writes:
+                self._writes[0].done.set()  # its caller commits what queued meanwhile
+            else:
+                self._flushing = False
 
     async def save_schedule(self, spec: TaskSpec, *, since: datetime) -> None:
         await self._write(self.state.save_schedule, spec, since=since)

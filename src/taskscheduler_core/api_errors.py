@@ -105,7 +105,9 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(
             422, "invalid_body", f"the body must be a JSON object, got {json_type(data)}"
         )
-    where = _lone_surrogate_at(data) if _MAY_HOLD_SURROGATES.search(raw) else None
+    # json.loads reads UTF-16 and UTF-32 too, where the pre-check's bytes cannot match.
+    plain = json.detect_encoding(raw) in ("utf-8", "utf-8-sig")
+    where = None if plain and not _MAY_HOLD_SURROGATES.search(raw) else _lone_surrogate_at(data)
     if where is not None:
         raise ApiError(
             422,

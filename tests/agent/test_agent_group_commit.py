@@ -7,6 +7,7 @@ and a cancelled caller's write is committed all the same.
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -110,4 +111,39 @@ async def test_a_cancelled_caller_s_write_is_committed_all_the_same(tmp_path: Pa
     assert count(tmp_path / STATE_FILE, "journal") == count(tmp_path / STATE_FILE, "outbox") == 11
     await store.acknowledge(execution(task_id, 1).key)  # and the store still writes
     assert count(tmp_path / STATE_FILE, "outbox") == 10
+    await store.aclose()
+
+
+class SlowCommits(AgentState):
+    """Each commit takes a few milliseconds; who ran each one is noted."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.sizes: list[int] = []
+
+    def apply(self, writes):  # type: ignore[no-untyped-def]
+        time.sleep(0.003)
+        self.sizes.append(len(writes))
+        return super().apply(writes)
+
+
+async def test_no_caller_is_kept_committing_others_writes(tmp_path: Path) -> None:
+    state = SlowCommits(tmp_path / STATE_FILE)
+    store = AsyncAgentState(state)
+    task_id = uuid4()
+    took: list[int] = []
+
+    async def writer(first: int) -> None:
+        for k in range(first, first + 5):
+            commits = len(state.sizes)
+            await store.record(execution(task_id, k))
+            took.append(len(state.sizes) - commits)
+
+    async with trio.open_nursery() as nursery:  # a steady stream of writes for a while
+        for n in range(20):
+            nursery.start_soon(writer, n * 10)
+    assert count(tmp_path / STATE_FILE, "journal") == 100
+    # A write waits for the commit under way and its own: never for a long run of commits
+    # carrying other callers' writes (before, the first caller flushed until the stream ended).
+    assert max(took) <= 2
     await store.aclose()

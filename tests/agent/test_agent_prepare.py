@@ -167,3 +167,22 @@ async def test_an_overloaded_agent_skips_what_it_cannot_start_instead_of_queuein
     # the skipped slot is let go: the task runs again at its next fire time
     assert engine.scheduler.running(skipped.task_id) == frozenset()
     assert engine._starting == 0
+
+
+async def test_slots_prepared_when_the_agent_stops_are_recorded_as_missed(
+    mock_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    shell_env: dict[str, str],
+) -> None:
+    store, delivered = SlowStore(), list[Execution]()
+    engine = await _engine(nursery, store, delivered, shell_env)
+    task = spec()
+    await engine.add_task(task)
+    for _ in range(19):  # the slot at 1 s is prepared by now
+        mock_clock.jump(0.05)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    assert store.begun == [(task.task_id, START + SECOND)]
+    await engine.stop()
+    ((missed),) = delivered
+    assert (missed.status, missed.scheduled_at) == (ExecutionStatus.MISSED, START + SECOND)
+    assert "stopped before this fire time" in missed.stderr

@@ -183,7 +183,7 @@ def test_a_gone_group_is_no_error() -> None:
     assert not kill_leftover_group(gone)
 
 
-async def test_a_slot_prepared_ahead_and_never_started_is_recorded_as_missed(
+async def test_a_slot_prepared_ahead_and_left_by_a_crash_is_recorded_as_interrupted(
     tmp_path: Path, start_collector: StartCollector, wait_for: WaitFor
 ) -> None:
     config = agent_config(tmp_path)
@@ -198,8 +198,8 @@ async def test_a_slot_prepared_ahead_and_never_started_is_recorded_as_missed(
         await wait_for(lambda: collector.reports_for(task_id))
         nursery.cancel_scope.cancel()
     (report,) = collector.reports_for(task_id)
-    assert report["status"] == "missed"
+    assert report["status"] == "error"
     assert report["scheduled_at"] == format_time(SLOT)
-    assert "stopped before this fire time came" in report["stderr"]
+    assert "the command may not have started" in report["stderr"]
     with AgentState(config.data_dir / STATE_FILE) as state:
         assert state.running() == []
