@@ -23,8 +23,9 @@ fire times of the next :data:`PREPARE_AHEAD` seconds are marked taken *before* t
 task of their own (:meth:`Engine._prepare_forever`), and at its time a prepared slot starts at
 once. What the poll does not start after all (a skip, a task removed or changed meanwhile) is
 recorded or released as usual; the prepared slots left at a graceful stop are recorded as
-missed, and one that a crash leaves behind is recorded at the next start as interrupted. Retries, manual runs and slots that were not prepared in time take
-the slow path: marked taken when they are due, then started.
+missed, and one that a crash leaves behind is recorded at the next start as interrupted.
+Retries, manual runs and slots that were not prepared in time take the slow path: marked taken
+when they are due, then started.
 
 Stopping: :meth:`Engine.stop` is the graceful way (nothing new starts, running commands get
 ``kill_grace`` seconds, then their groups are killed and they are recorded as ``error``);
