@@ -33,7 +33,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import selectors
 import signal
 import socket
@@ -42,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +50,7 @@ from uuid import UUID, uuid4
 
 import httpx
 
+from benchmarks.fire_precision import _free_port, _wait
 from benchmarks.report import Result, Size
 
 TSCHED = str(Path(sys.executable).parent / "tsched")
@@ -351,29 +351,6 @@ def generate(load: Load) -> dict[str, Any]:
 
 
 # -- the servers -------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    # Below the kernel's ephemeral range, so no outgoing connection takes it before we bind it.
-    for _ in range(200):
-        port = random.randrange(10_000, 32_000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found on 127.0.0.1")
-
-
-def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if condition():
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"gave up after {timeout} s waiting for {what}")
 
 
 @contextlib.contextmanager
