@@ -10,7 +10,7 @@ from __future__ import annotations
 from .app import create_app
 from .config import ServerConfig, parse_available_servers
 from .dispatch import Backoff, Dispatcher
-from .errors import ApiError, ServerError, TaskNotFound
+from .errors import ApiError, DatabaseUnavailable, ServerError, TaskNotFound
 from .liveness import watch_liveness
 from .outputs import latest_output_of
 from .reconcile import Reconciler, Reconciliation
@@ -23,6 +23,7 @@ __all__ = [
     "Assignment",
     "AsyncStore",
     "Backoff",
+    "DatabaseUnavailable",
     "Dispatcher",
     "Reconciler",
     "Reconciliation",

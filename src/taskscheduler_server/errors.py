@@ -4,6 +4,7 @@
 
     ServerError (also TaskSchedulerError)
     ├── TaskNotFound (also LookupError)   a task id the store does not hold
+    ├── DatabaseUnavailable               the database cannot be reached now; answered 503
     ├── TlsConfigError (also ValueError)  a TLS file missing or unusable (in ``tls``)
     └── ApiError (also core ApiError)     a request the API refuses; becomes a 4xx JSON error
 
@@ -31,6 +32,15 @@ class TaskNotFound(ServerError, LookupError):
     def __init__(self, task_id: UUID) -> None:
         super().__init__(f"no task with id {task_id}")
         self.task_id = task_id
+
+
+class DatabaseUnavailable(ServerError):
+    """The database cannot be reached (or refused the connection) right now.
+
+    Raised by the store for connection-level failures only, never for a bad value: the API
+    answers it ``503`` (agents keep their reports and retry), and a replica that cannot renew
+    its lease stops the work only the lease holder does.
+    """
 
 
 class ApiError(ServerError, CoreApiError):

@@ -61,7 +61,7 @@ T = TypeVar("T")
 
 #: Bumped whenever the tables change shape; a newer database is refused rather than misread,
 #: an older one is upgraded when it is opened (:data:`_UPGRADES`).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The statements that take a database from version ``n`` to ``n + 1``, run in the transaction
 #: that opens it. Version 1 is the schema of the first release (issue 2).
@@ -81,6 +81,8 @@ _UPGRADES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE agents ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE assignments ADD COLUMN unassigned_at INTEGER",
     ),
+    # Version 5 (issue 7) adds the leases table, which create_tables makes.
+    4: (),
 }
 
 #: The columns an execution had before version 4, copied as they are when the table is rebuilt.
@@ -145,9 +147,17 @@ class _Tables:
     assignment: Any
     execution: Any
     credential: Any
+    lease: Any
 
     def all(self) -> list[Any]:
-        return [self.task, self.agent, self.assignment, self.execution, self.credential]
+        return [
+            self.task,
+            self.agent,
+            self.assignment,
+            self.execution,
+            self.credential,
+            self.lease,
+        ]
 
 
 def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
@@ -232,7 +242,18 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
         class Meta:
             table_name = "agent_credentials"
 
-    tables = _Tables(TaskRow, AgentRow, AssignmentRow, ExecutionRow, CredentialRow)
+    class LeaseRow(_Model):
+        """Who does the work that must happen once (dispatch, reconciliation, liveness,
+        pruning) among the servers sharing this database, and until when (see lease.py)."""
+
+        name = peewee.TextField(primary_key=True)
+        holder = peewee.TextField()
+        expires_at = _TimeField()
+
+        class Meta:
+            table_name = "leases"
+
+    tables = _Tables(TaskRow, AgentRow, AssignmentRow, ExecutionRow, CredentialRow, LeaseRow)
     database.bind(tables.all(), bind_refs=False, bind_backrefs=False)
     return tables
 
@@ -1153,6 +1174,53 @@ class Store:
             for start in range(0, len(forgotten), _BATCH):
                 t.task.delete().where(t.task.id.in_(forgotten[start : start + _BATCH])).execute()
         return forgotten
+
+    # -- leases --------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, *, now: datetime, expires_at: datetime) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``expires_at``; ``True`` if
+        ``holder`` holds it now.
+
+        It is taken if no one holds it, if ``holder`` does already (a renewal), or if its
+        holder's time ran out (``expires_at`` not after ``now``); otherwise nothing changes. One
+        transaction, so of two servers trying at once exactly one gets it.
+        """
+        t = self._tables
+        with self._db.atomic():
+            row = t.lease.get_or_none(t.lease.name == name)
+            if row is None:
+                t.lease.insert(name=name, holder=holder, expires_at=expires_at).execute()
+                return True
+            if row.holder != holder and row.expires_at > now:
+                return False
+            # Conditional, so that a competing transaction that took it meanwhile wins.
+            changed = (
+                t.lease.update(holder=holder, expires_at=expires_at)
+                .where(
+                    (t.lease.name == name)
+                    & ((t.lease.holder == holder) | (t.lease.expires_at <= now))
+                )
+                .execute()
+            )
+            return bool(changed)
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give up the lease ``name`` if ``holder`` holds it (a graceful stop), so that another
+        server takes it at once rather than when it expires; ``True`` if it was held."""
+        t = self._tables
+        with self._db.atomic():
+            deleted = t.lease.delete().where((t.lease.name == name) & (t.lease.holder == holder))
+            return bool(deleted.execute())
+
+    def lease_holder(self, name: str, *, now: datetime) -> tuple[str, datetime] | None:
+        """Who holds the lease ``name``, and until when; ``None`` if no one (or it expired)."""
+        t = self._tables
+        row = t.lease.get_or_none((t.lease.name == name) & (t.lease.expires_at > now))
+        return None if row is None else (row.holder, row.expires_at)
+
+    def ping(self) -> None:
+        """Reach the database (one trivial query): raises if it cannot be reached."""
+        self._db.execute_sql("SELECT 1").fetchone()  # type: ignore[no-untyped-call]
 
     def _select(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
         """The rows of the hand-written ``sql`` (see :data:`_TASK_SQL` for why by hand)."""

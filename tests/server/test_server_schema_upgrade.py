@@ -101,7 +101,7 @@ def test_an_issue_2_database_is_upgraded_on_open_with_nothing_lost(tmp_path: Pat
     task_id, agent_id = ids["task_id"], ids["agent_id"]
 
     with Store(path) as store:
-        assert user_version(path) == SCHEMA_VERSION == 4
+        assert user_version(path) == SCHEMA_VERSION == 5
         [agent] = store.list_agents()
         assert (agent.id, agent.status, agent.last_seen_at) == (agent_id, AgentStatus.ALIVE, START)
         [task] = store.list_tasks()
@@ -230,7 +230,7 @@ def test_an_issue_4_database_is_upgraded_to_options_labels_and_attempts(tmp_path
     first, second = ids["agents"]  # type: ignore[misc]
 
     with Store(path) as store:
-        assert user_version(path) == SCHEMA_VERSION == 4
+        assert user_version(path) == SCHEMA_VERSION == 5
         # the task has every option at its default, and is active
         [task] = store.list_tasks()
         assert (task.id, task.command, str(task.frequency)) == (
@@ -315,3 +315,19 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
     assert count == 2
     assert task[0] == ids["task_id"].hex  # type: ignore[attr-defined]
     assert len(task) == 5  # no column added
+
+
+def test_a_version_4_database_gains_the_leases_table(tmp_path: Path) -> None:
+    path = tmp_path / "server.sqlite3"
+    with Store(path) as store:
+        store.acquire_lease("work", "a", now=START, expires_at=START + timedelta(seconds=10))
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TABLE leases")
+    connection.execute("PRAGMA user_version = 4")
+    connection.commit()
+    connection.close()
+    with Store(path) as store:
+        assert user_version(path) == SCHEMA_VERSION == 5
+        assert store.lease_holder("work", now=START) is None
+        assert store.acquire_lease("work", "b", now=START, expires_at=START + timedelta(seconds=1))
+        assert store.lease_holder("work", now=START) == ("b", START + timedelta(seconds=1))
