@@ -151,11 +151,19 @@ class Service:
     """A ``tsched server`` or ``tsched agent`` on a fixed port and data directory.
 
     It can be stopped, killed, paused and started again any number of times; each life logs to
-    its own file in ``logs``.
+    its own file in ``logs``. ``env`` is added to each life's environment (``TSCHED_DATABASE``
+    for a server on PostgreSQL, say: ``--database`` and ``--data-dir`` exclude each other).
     """
 
     def __init__(
-        self, kind: str, *, port: int, data_dir: Path, logs: Path, flags: Sequence[str] = ()
+        self,
+        kind: str,
+        *,
+        port: int,
+        data_dir: Path,
+        logs: Path,
+        flags: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kind = kind
         self.port = port
@@ -163,6 +171,7 @@ class Service:
         self.data_dir = data_dir
         self.logs = logs
         self.flags = tuple(flags)
+        self.env = dict(env or {})
         self.lives: list[Tsched] = []
 
     @property
@@ -180,7 +189,7 @@ class Service:
         assert not self.running, f"{self.kind} on port {self.port} is already running"
         args = [self.kind, "--port", str(self.port), "--data-dir", str(self.data_dir)]
         log = self.logs / f"{self.kind}-{self.port}-{len(self.lives)}.log"
-        self.lives.append(Tsched([*args, *self.flags, *extra], log=log))
+        self.lives.append(Tsched([*args, *self.flags, *extra], log=log, env=self.env))
         if wait:
             self.wait_healthy(timeout=timeout)
         return self

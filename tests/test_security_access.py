@@ -73,6 +73,17 @@ def report_of(agent_id: uuid.UUID) -> dict[str, Any]:
 ROWS = [
     Row("server", "GET", "/healthz", lambda w: "/healthz", expect(200)),
     Row("server", "GET", "/api/v1/openapi.json", lambda w: "/api/v1/openapi.json", expect(200)),
+    # Readiness is for orchestrators' probes, which present no token; it tells whether the
+    # database answers and who holds the lease, nothing about tasks or outputs.
+    Row("server", "GET", "/readyz", lambda w: "/readyz", expect(200)),
+    # The metrics say how much runs and fails across the fleet: for readers, like the listings.
+    Row(
+        "server",
+        "GET",
+        "/metrics",
+        lambda w: "/metrics",
+        expect(403, read=200, admin=200, **UNKNOWN),
+    ),
     Row(
         "server",
         "POST",
@@ -237,6 +248,10 @@ ROWS = [
     Row("agent", "GET", "/healthz", lambda w: "/healthz", expect(200)),
     Row("agent", "GET", "/api/v1/agent", lambda w: "/api/v1/agent", expect(200)),
     Row("agent", "GET", "/api/v1/openapi.json", lambda w: "/api/v1/openapi.json", expect(200)),
+    # An agent's readiness and metrics are counts and timings of its own (no command, output or
+    # task id), and the server's token is not the scraper's to hold: public, like /healthz.
+    Row("agent", "GET", "/readyz", lambda w: "/readyz", expect(200)),
+    Row("agent", "GET", "/metrics", lambda w: "/metrics", expect(200)),
     Row(
         "agent",
         "POST",

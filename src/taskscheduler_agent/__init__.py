@@ -25,6 +25,7 @@ from .errors import (
 )
 from .identity import AGENT_ID_FILE, load_or_create_agent_id
 from .leftovers import ProcessIdentity, kill_leftover_group
+from .metrics import AgentMetrics
 from .outbox import DEFAULT_MEMORY_OUTBOX_LIMIT, MemoryOutbox, Outbox, SqliteOutbox
 from .recovery import INTERRUPTED, recover_interrupted
 from .registration import Heartbeat, heartbeat, register, stay_registered
@@ -52,6 +53,7 @@ __all__ = [
     "AgentConfig",
     "AgentConfigError",
     "AgentError",
+    "AgentMetrics",
     "AgentStarted",
     "AgentState",
     "ApiError",

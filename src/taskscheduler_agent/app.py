@@ -13,7 +13,13 @@
   ``manual``). Idempotent: the same ``scheduled_at`` twice is one execution. A task not
   scheduled here is 404 ``task_not_found``.
 - ``GET /api/v1/agent`` — :class:`~taskscheduler_core.AgentIdentity`, with the agent's labels.
-- ``GET /healthz`` — ``{"status": "ok"}`` while the agent serves.
+- ``GET /healthz`` — ``{"status": "ok"}`` while the agent serves (liveness only).
+- ``GET /readyz`` — ``200 {"status": "ready", "state": "ok", "reports_queued": n}`` when the
+  state file (``DATA_DIR/agent.sqlite3``) can be read, else ``503 {"status": "unready",
+  "state": "unavailable", "reason": …}``: without it the agent can keep neither a schedule nor
+  a report.
+- ``GET /metrics`` — the agent's Prometheus metrics (:mod:`.metrics`; public, like the health
+  endpoints: counts and timings, no command or output).
 - ``GET /api/v1/openapi.json`` — the OpenAPI 3.1 document of this API (public).
 
 With a join token (or once it holds credentials) the task endpoints answer only the server:
@@ -56,6 +62,7 @@ from taskscheduler_core import __version__ as core_version
 from .credentials import AgentKeys
 from .engine import Engine
 from .errors import ApiError, TaskRejected
+from .metrics import CONTENT_TYPE, AgentMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +79,18 @@ def create_app(
     version: str = core_version,
     keys: AgentKeys | None = None,
     labels: Mapping[str, str] | None = None,
+    metrics: AgentMetrics | None = None,
 ) -> Starlette:
     """The agent's ASGI app, scheduling into ``engine``; ``labels`` are the agent's own.
 
     With ``keys`` that hold (or expect) credentials, the scheduling endpoints accept only the
-    server's token (401 ``unauthorized`` otherwise); the identity and health stay public.
+    server's token (401 ``unauthorized`` otherwise); the identity, health, readiness and
+    metrics stay public. ``metrics`` are the agent's (:func:`run_agent` passes them, with its
+    state file); without them the app counts only its tasks and is always ready.
     """
+    if metrics is None:
+        metrics = AgentMetrics()
+        metrics.watch(engine)
 
     def from_server(request: Request) -> None:
         if keys is not None:
@@ -122,6 +135,27 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    # Probes come every few seconds: the log says when readiness changes, not at each probe.
+    unready = False
+
+    async def readyz(request: Request) -> Response:
+        nonlocal unready
+        queued, problem = await metrics.state_problem()
+        if problem is None:
+            if unready:
+                logger.info("ready again: the state file can be read")
+                unready = False
+            return JSONResponse({"status": "ready", "state": "ok", "reports_queued": queued})
+        if not unready:
+            logger.warning("not ready: %s", problem)
+            unready = True
+        return JSONResponse(
+            {"status": "unready", "state": "unavailable", "reason": problem}, status_code=503
+        )
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(await metrics.render(), media_type=CONTENT_TYPE)
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(agent_openapi())
 
@@ -133,6 +167,8 @@ def create_app(
             Route("/api/v1/tasks/{task_id}/run", run_task, methods=["POST"]),
             Route("/api/v1/agent", identity, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
             Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={

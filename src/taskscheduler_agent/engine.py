@@ -189,7 +189,8 @@ class Engine:
     task's ``env`` is laid over it, and the ``TSCHED_*`` variables over both. ``max_output_bytes``
     caps each stream of a task that sets no cap of its own. ``store`` keeps the schedules
     durably (default: nowhere). ``kill_grace`` is how long :meth:`stop` lets running commands
-    finish. Build it inside ``trio.run``, since the clock is trio's.
+    finish. ``on_start`` is told of each execution as it starts, with its start time (the
+    agent's metrics; it must not block). Build it inside ``trio.run``, since the clock is trio's.
     """
 
     def __init__(
@@ -203,6 +204,7 @@ class Engine:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         kill_grace: float = 0.0,
         store: ScheduleStore | None = None,
+        on_start: Callable[[StartExecution, datetime], None] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.clock = clock if clock is not None else WallClock()
@@ -210,6 +212,7 @@ class Engine:
         self.max_output_bytes = max_output_bytes
         self.kill_grace = kill_grace
         self._deliver = deliver
+        self._on_start = on_start
         self._store: ScheduleStore = store if store is not None else _NoStore()
         self._env = dict(os.environ if env is None else env)
         self._wake = trio.Event()
@@ -633,6 +636,8 @@ class Engine:
         start = running.start
         spec, scheduled_at = start.task, start.scheduled_at
         started_at = self.clock.now()
+        if self._on_start is not None:
+            self._on_start(start, started_at)
         # The task's variables over the agent's, ours over both (the core refuses a task env
         # that names TSCHED_*, and this order makes sure of it).
         env = (

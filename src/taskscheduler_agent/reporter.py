@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Set
+from collections.abc import Callable, Sequence, Set
 from typing import NoReturn
 
 import attrs
@@ -87,6 +87,8 @@ class Reporter:
 
     Without a ``server_url`` executions are logged and kept in the outbox. :meth:`run` is the
     delivery loop; pass ``client`` to share an ``httpx.AsyncClient`` (else ``run`` opens one).
+    ``on_acknowledged`` is told of the executions the server acknowledged, once they have left
+    the outbox (the agent's metrics; it must not block).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Reporter:
         page_size: int = PAGE_SIZE,
         page_bytes: int = PAGE_BYTES,
         linger: float = LINGER,
+        on_acknowledged: Callable[[Sequence[Execution]], None] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
@@ -112,6 +115,7 @@ class Reporter:
         self.outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
         self.backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=30.0)
         self.request_timeout = request_timeout
+        self.on_acknowledged = on_acknowledged
         self._client = client
         self._wake = trio.Event()
         self._retries: dict[ExecutionKey, _Retry] = {}
@@ -244,11 +248,13 @@ class Reporter:
             return []
         self._server_answered()
         done: list[ExecutionKey] = []
+        acknowledged: list[Execution] = []
         for execution, result in zip(executions, results, strict=True):
             key = execution.key
             if result.acknowledged:
                 self._retries.pop(key, None)
                 done.append(key)
+                acknowledged.append(execution)
             elif result.error is not None and result.error.code in _PERMANENT_CODES:
                 self._retries.pop(key, None)
                 done.append(key)
@@ -263,6 +269,8 @@ class Reporter:
                 code = result.error.code if result.error is not None else "not acknowledged"
                 self._failed(key, execution, code, retry_after=None, gate=False)
         await self.outbox.acknowledge_many(done)
+        if acknowledged and self.on_acknowledged is not None:
+            self.on_acknowledged(acknowledged)
         logger.debug("reported %d executions in one batch", len(done))
         return []
 
@@ -312,6 +320,8 @@ class Reporter:
             self._server_answered()
             self._retries.pop(key, None)
             await self.outbox.acknowledge(key)
+            if self.on_acknowledged is not None:
+                self.on_acknowledged((execution,))
             logger.debug("reported task %s at %s", execution.task_id, execution.scheduled_at)
         elif _refused_for_good(response):
             self._server_answered()

@@ -31,6 +31,7 @@ from .config import AgentConfig
 from .credentials import AgentKeys, check_exposure
 from .engine import Engine
 from .identity import load_or_create_agent_id
+from .metrics import AgentMetrics
 from .outbox import SqliteOutbox
 from .recovery import recover_interrupted
 from .registration import stay_registered
@@ -92,25 +93,33 @@ async def _run(
     shutdown: trio.Event | None,
     task_status: trio.TaskStatus[AgentStarted],
 ) -> None:
+    metrics = AgentMetrics(state_path=config.data_dir / STATE_FILE)
     reporter = Reporter(
         server_url=config.server_url,
         outbox=SqliteOutbox(state),
         client=client,
         backoff=Backoff(initial=config.report_backoff_initial, maximum=config.report_backoff_max),
         request_timeout=config.request_timeout,
+        on_acknowledged=metrics.acknowledged,
     )
+    # Every execution recorded, by the engine or by the recovery below, is counted.
+    deliver = metrics.counting(reporter.submit)
     engine = Engine(
         agent_id=agent_id,
-        deliver=reporter.submit,
+        deliver=deliver,
         env=os.environ,
         max_output_bytes=config.max_output_bytes,
         kill_grace=config.kill_grace,
         store=state,
+        on_start=metrics.started,
     )
-    await recover_interrupted(state, reporter.submit, agent_id=agent_id, now=engine.clock.now())
+    metrics.watch(engine)
+    await recover_interrupted(state, deliver, agent_id=agent_id, now=engine.clock.now())
     for saved in await state.schedules():
         engine.restore(saved.spec, after=saved.resume_after)
-    app = create_app(engine=engine, agent_id=agent_id, keys=keys, labels=config.labels)
+    app = create_app(
+        engine=engine, agent_id=agent_id, keys=keys, labels=config.labels, metrics=metrics
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(reporter.run)
         await nursery.start(engine.run)

@@ -12,6 +12,7 @@ cannot be reached, a port is taken).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from ._base import DEFAULT_TIMEOUT, DEFAULT_URL
 from .cli_common import CliError, OneLineGroup, echo_json, reported_client_errors
 from .client import Client
 from .layout import SERVER_DATABASE_NAME
+from .logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from .task_flags import task_option_flags, task_options
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ DEFAULT_KEEP_RUNS = 1000
 DEFAULT_KEEP_DAYS = 30.0
 MAX_KEEP_DAYS = 36_500
 DEFAULT_PRUNE_INTERVAL = 60.0
+#: The lease of the work done once among replicas, in seconds (``ServerConfig``'s default).
+DEFAULT_LEASE_SECONDS = 15.0
 #: The server's limits (``ServerConfig``'s defaults; docs/security.md).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -203,6 +207,47 @@ def _auth_settings(command: str | None = None) -> dict[str, Any]:
             if value is not None:
                 settings.setdefault(f"{name}_token", value)
     return settings
+
+
+# --- logging options: kept in ctx.meta, like the TLS ones; applied when a service starts ------
+
+_LOG_META = "taskscheduler.logging"
+
+
+def _logging_options(command: _F) -> _F:
+    """``--log-format`` and ``--log-level`` (:mod:`.logs`) of a command that runs services."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: str) -> None:
+        ctx.meta.setdefault(_LOG_META, {})[param.name] = value
+
+    command = click.option(
+        "--log-level",
+        envvar="TSCHED_LOG_LEVEL",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="info",
+        show_default=True,
+        expose_value=False,
+        callback=remember,
+        help="Log this and more severe messages of taskscheduler (other libraries: warning).",
+    )(command)
+    return click.option(
+        "--log-format",
+        envvar="TSCHED_LOG_FORMAT",
+        type=click.Choice(LOG_FORMATS),
+        default="text",
+        show_default=True,
+        expose_value=False,
+        callback=remember,
+        help="Logs on stderr as text lines, or as one JSON object per line.",
+    )(command)
+
+
+def _start_logging() -> str:
+    """Configure logging as the running command's options say; the format."""
+    settings = click.get_current_context().meta.get(_LOG_META, {})
+    log_format: str = settings.get("log_format", "text")
+    configure_logging(log_format, settings.get("log_level", "info"))
+    return log_format
 
 
 _TOKEN_HELP = "Present this bearer token to the server (its admin or read token)."
@@ -425,6 +470,8 @@ def _serve(start: Callable[[trio.Nursery], Awaitable[None]], *, what: str) -> No
     # imported here, not at the top: the commands that only talk to a server start faster
     from .services import failure_message, run_until_stopped
 
+    # Only now, once the command line is accepted: a refused one logs nothing.
+    log_format = _start_logging()
     try:
         run_until_stopped(start)
     except BaseException as error:
@@ -432,7 +479,11 @@ def _serve(start: Callable[[trio.Nursery], Awaitable[None]], *, what: str) -> No
         if message is None:
             raise
         raise CliError(f"cannot run {what}: {message}") from None
-    click.echo("stopped", err=True)
+    if log_format == "json":
+        # every line of stderr an object, to the last
+        logging.getLogger("taskscheduler.cli").info("stopped")
+    else:
+        click.echo("stopped", err=True)
 
 
 @contextmanager
@@ -455,8 +506,10 @@ def _fail(message: str) -> NoReturn:
 @click.option(
     "--database",
     envvar="TSCHED_DATABASE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=f"The SQLite file [default: DATA_DIR/{SERVER_DATABASE_NAME}]",
+    metavar="PATH|URL",
+    help="The SQLite file (a path, or sqlite:///path), or a PostgreSQL URL "
+    "(postgresql://user@host:5432/db, shared by replicas) "
+    f"[default: DATA_DIR/{SERVER_DATABASE_NAME}]",
 )
 @click.option(
     "--data-dir",
@@ -519,6 +572,23 @@ def _fail(message: str) -> NoReturn:
     help="How often to prune the history to --keep-runs and --keep-days.",
 )
 @click.option(
+    "--lease-seconds",
+    envvar="TSCHED_LEASE_SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_LEASE_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    callback=_seconds_option,
+    help="Replicas on one database: the lease of the work done once (dispatch, reconcile, "
+    "liveness, pruning) lasts this long; a dead holder is replaced within it.",
+)
+@click.option(
+    "--replica-id",
+    envvar="TSCHED_REPLICA_ID",
+    help="This replica's name in the lease [default: HOSTNAME-PID-RANDOM; HOSTNAME on SQLite]; "
+    "unique per replica.",
+)
+@click.option(
     "--max-body-bytes",
     envvar="TSCHED_MAX_BODY_BYTES",
     type=click.IntRange(min=1),
@@ -572,12 +642,13 @@ def _fail(message: str) -> NoReturn:
     path=True,
 )
 @_insecure_option()
+@_logging_options
 @click.pass_context
 def server(
     ctx: click.Context,
     host: str,
     port: int,
-    database: Path | None,
+    database: str | None,
     data_dir: Path | None,
     available_servers: Sequence[str],
     lost_after: timedelta,
@@ -585,6 +656,8 @@ def server(
     keep_runs: int,
     keep_days: float,
     prune_interval: timedelta,
+    lease_seconds: timedelta,
+    replica_id: str | None,
     max_body_bytes: int,
     max_command_length: int,
     max_output_bytes: int,
@@ -603,20 +676,30 @@ def server(
         raise click.UsageError("give --database or --data-dir, not both", ctx)
     with _service_package("server"):
         from taskscheduler_server import ServerConfig
+        from taskscheduler_server.database import database_location, describe_database
 
     if database is None:
-        database = (data_dir or default_data_dir()) / SERVER_DATABASE_NAME
+        location: Path | str = (data_dir or default_data_dir()) / SERVER_DATABASE_NAME
+    else:
+        try:
+            location = database_location(database)
+        except ValueError as error:
+            raise click.BadParameter(str(error), ctx, param_hint="'--database'") from None
+        if isinstance(location, Path) and location.is_dir():
+            raise click.BadParameter(f"{location} is a directory", ctx, param_hint="'--database'")
     try:
         config = ServerConfig(
             host=host,
             port=port,
-            database=database,
+            database=location,
             available_agents=tuple(available_servers),
             lost_after=lost_after,
             reconcile_interval=reconcile_interval,
             keep_runs=keep_runs,
             keep_days=keep_days,
             prune_interval=prune_interval,
+            lease_duration=lease_seconds,
+            **_replica_setting(replica_id),
             **_tls_settings(),
             **_auth_settings(),
             max_body_bytes=max_body_bytes,
@@ -630,9 +713,15 @@ def server(
 
     async def start(nursery: trio.Nursery) -> None:
         url = await start_server(nursery, config)
-        click.echo(f"server listening on {url} (database {config.database}); Ctrl-C to stop")
+        where = describe_database(config.database)
+        click.echo(f"server listening on {url} (database {where}); Ctrl-C to stop")
 
     _serve(start, what=f"the server on {host}:{port}")
+
+
+def _replica_setting(replica_id: str | None) -> dict[str, Any]:
+    """``--replica-id`` for ``ServerConfig``: absent, the config makes a fresh one."""
+    return {} if replica_id is None else {"replica_id": replica_id}
 
 
 def _label_option(
@@ -735,6 +824,7 @@ def _label_option(
     help="A label of this agent, which task targets can select (repeatable; "
     "TSCHED_LABELS takes KEY=VALUE,KEY2=VALUE2).",
 )
+@_logging_options
 def agent(
     host: str,
     port: int,
@@ -803,6 +893,7 @@ def agent(
     type=click.Path(file_okay=False, path_type=Path),
     help=_DATA_DIR_HELP,
 )
+@_logging_options
 def up(host: str, port: int, agents: int, data_dir: Path | None) -> None:
     """Run a server and local agents in one process."""
     directory = data_dir or default_data_dir()

@@ -45,7 +45,8 @@ async def start_server(nursery: trio.Nursery, config: ServerConfig) -> str:
     """Start the server in ``nursery``; its base URL once it listens."""
     from taskscheduler_server import serve
 
-    config.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not isinstance(config.database, str):  # a SQLite file (a PostgreSQL URL is a str)
+        config.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     url: str = await nursery.start(serve, config)
     return url
 

@@ -6,12 +6,17 @@ do not say (length limits, minimums, the flattened ``TaskCreated``) is added her
 serves :func:`server_openapi` and the agent :func:`agent_openapi` at ``GET /api/v1/openapi.json``;
 a test keeps both in sync with the routes of the apps, another fuzzes the server from it.
 
-Security: every endpoint but ``/healthz`` and the documents themselves takes a bearer token
-(``bearerAuth``). The OpenAPI 3.1 "role names" of a security requirement say which kind of
-token an endpoint accepts: ``admin``, ``read`` (the read-only token), ``agent`` (the credential
-an agent receives at registration), ``join`` (the join token agents register with) and
-``server`` (the credential the server presents to agents). A server started without an admin
-token (loopback only) asks for none.
+Every server endpoint that reads the database may answer ``503 database_unavailable`` (with
+``Retry-After``) while the database cannot be reached. ``/healthz`` (liveness), ``/readyz``
+(readiness: the database answers) and ``/metrics`` (Prometheus text, not JSON) are described
+here too, so that the documents list every route.
+
+Security: every endpoint but ``/healthz``, ``/readyz``, the agent's ``/metrics`` and the
+documents themselves takes a bearer token (``bearerAuth``). The OpenAPI 3.1 "role names" of a
+security requirement say which kind of token an endpoint accepts: ``admin``, ``read`` (the
+read-only token), ``agent`` (the credential an agent receives at registration), ``join`` (the
+join token agents register with) and ``server`` (the credential the server presents to agents).
+A server started without an admin token (loopback only) asks for none.
 """
 
 from __future__ import annotations
@@ -206,7 +211,8 @@ def _error_schema() -> dict[str, Any]:
                 }
             )
         },
-        "every refusal, with a 4xx status (a 500 is a bug)",
+        "every refusal, with a 4xx status; 503 database_unavailable while the server's "
+        "database cannot be reached (a 500 is a bug)",
     )
 
 
@@ -221,6 +227,13 @@ _ERRORS = {
     "422": "JSON, but not a valid body, or a bad query parameter (invalid_body, invalid_string, "
     "validation_error: field names the body field or the parameter)",
     "500": "a bug: internal_error, never a traceback",
+    "503": "the database cannot be reached now (database_unavailable): retry after Retry-After "
+    "seconds",
+}
+
+#: ``Retry-After`` of a 503, in seconds.
+_RETRY_AFTER = {
+    "Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
 }
 
 
@@ -354,6 +367,88 @@ def _registered() -> dict[str, Any]:
 
 
 _OK = {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]}
+
+#: The Prometheus text format (``GET /metrics``).
+_PROMETHEUS_TEXT = {
+    "description": "success: the metrics in the Prometheus text format (docs/observability.md)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
+def _metrics(roles: tuple[str, ...] | None) -> dict[str, Any]:
+    operation = _operation("Prometheus metrics", ("200", {"type": "string"}), roles=roles)
+    operation["responses"]["200"] = _PROMETHEUS_TEXT
+    return operation
+
+
+def _server_readyz() -> dict[str, Any]:
+    lease = _object(
+        {
+            "replica": {"type": ["string", "null"], "description": "this replica (null: no lease)"},
+            "held": {"type": "boolean", "description": "this replica holds the lease"},
+            "holder": {
+                "type": ["string", "null"],
+                "description": "the replica last seen holding it (null: nobody, or no lease)",
+            },
+        },
+        "the lease of the work done once, as this replica sees it",
+    )
+    ready = _object(
+        {"status": {"const": "ready"}, "database": {"const": "ok"}, "lease": lease},
+    )
+    unready = _object(
+        {
+            "status": {"const": "unready"},
+            "database": {"const": "unavailable"},
+            "reason": {"type": "string"},
+            "lease": lease,
+        }
+    )
+    operation = _operation(
+        "The server can serve: its database answers (and the lease state)",
+        ("200", ready),
+        roles=None,
+    )
+    operation["responses"]["503"] = _json(unready, "the database does not answer") | {
+        "headers": _RETRY_AFTER
+    }
+    return operation
+
+
+def _agent_readyz() -> dict[str, Any]:
+    ready = _object(
+        {
+            "status": {"const": "ready"},
+            "state": {"const": "ok"},
+            "reports_queued": {"type": "integer", "minimum": 0},
+        }
+    )
+    unready = _object(
+        {
+            "status": {"const": "unready"},
+            "state": {"const": "unavailable"},
+            "reason": {"type": "string"},
+        }
+    )
+    operation = _operation(
+        "The agent can serve: its state file can be read", ("200", ready), roles=None
+    )
+    operation["responses"]["503"] = _json(unready, "the state file cannot be read")
+    return operation
+
+
+def _database_errors(paths: dict[str, Any], *, exempt: tuple[str, ...]) -> None:
+    """Add the 503 of an unreachable database to every operation of ``paths`` but those of
+    ``exempt`` (which never touch the database, or say it their own way)."""
+    for path, item in paths.items():
+        if path in exempt:
+            continue
+        for operation in item.values():
+            operation["responses"]["503"] = _json({"$ref": _REF + "Error"}, _ERRORS["503"]) | {
+                "headers": _RETRY_AFTER
+            }
+
+
 _DOCUMENT = {"type": "object", "description": "an OpenAPI 3.1 document"}
 
 
@@ -636,11 +731,20 @@ def server_openapi() -> dict[str, Any]:
                 errors=("404",),
             )
         },
-        "/healthz": {"get": _operation("The server is up", ("200", _OK), roles=None)},
+        "/healthz": {
+            "get": _operation(
+                "The server process answers (liveness; the database is not asked)",
+                ("200", _OK),
+                roles=None,
+            )
+        },
+        "/readyz": {"get": _server_readyz()},
+        "/metrics": {"get": _metrics(read)},
         "/api/v1/openapi.json": {
             "get": _operation("This document", ("200", _DOCUMENT), roles=None)
         },
     }
+    _database_errors(document["paths"], exempt=("/healthz", "/readyz", "/api/v1/openapi.json"))
     return document
 
 
@@ -703,6 +807,8 @@ def agent_openapi() -> dict[str, Any]:
             )
         },
         "/healthz": {"get": _operation("The agent is up", ("200", _OK), roles=None)},
+        "/readyz": {"get": _agent_readyz()},
+        "/metrics": {"get": _metrics(None)},
         "/api/v1/openapi.json": {
             "get": _operation("This document", ("200", _DOCUMENT), roles=None)
         },

@@ -11,7 +11,9 @@ from .app import create_app
 from .config import ServerConfig, parse_available_servers
 from .dispatch import Backoff, Dispatcher
 from .errors import ApiError, DatabaseUnavailable, ServerError, TaskNotFound
+from .lease import Leadership, LeaseKeeper
 from .liveness import watch_liveness
+from .metrics import ServerMetrics
 from .outputs import latest_output_of
 from .reconcile import Reconciler, Reconciliation
 from .records import Assignment
@@ -25,10 +27,13 @@ __all__ = [
     "Backoff",
     "DatabaseUnavailable",
     "Dispatcher",
+    "Leadership",
+    "LeaseKeeper",
     "Reconciler",
     "Reconciliation",
     "ServerConfig",
     "ServerError",
+    "ServerMetrics",
     "Store",
     "TaskNotFound",
     "create_app",

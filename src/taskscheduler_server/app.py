@@ -4,18 +4,27 @@ Handlers are thin: parse the body with the core's wire converter (and the query 
 :mod:`.queries`), apply the core's rules (:mod:`taskscheduler_core.lifecycle`), call the store,
 answer with the converter. Every refusal is a 4xx ``{"error": {"code", "message", "field"}}``;
 the handlers installed here make sure that neither Starlette's HTML/plain-text pages nor a
-traceback ever reach a client.
+traceback ever reach a client. A database that cannot be reached (the store raises
+:class:`~.errors.DatabaseUnavailable`) is answered ``503 database_unavailable`` with
+``Retry-After``: agents keep their reports and retry.
+
+Beside the API: ``GET /healthz`` (the process answers; never touches the database),
+``GET /readyz`` (the database answers, and the lease state) and ``GET /metrics`` (Prometheus;
+:mod:`.metrics`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import attrs
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -67,8 +76,10 @@ from .auth import Caller, Guard, Role
 from .clock import utc_now
 from .config import ServerConfig
 from .dispatch import Dispatcher
-from .errors import ApiError, TaskNotFound
+from .errors import ApiError, DatabaseUnavailable, TaskNotFound
 from .history import executions_of, runs_of
+from .lease import Leadership
+from .metrics import CONTENT_TYPE, ServerMetrics, count_agents
 from .outputs import latest_output_of
 from .queries import Query, encode_cursor, execution_cursor, run_cursor, task_cursor
 from .reconcile import Reconciler
@@ -86,6 +97,16 @@ _INT64 = range(-(2**63), 2**63)
 #: The two answers of an acknowledged report, encoded once (as JSONResponse would).
 _NEW = b'{"acknowledged":true,"duplicate":false}'
 _DUPLICATE = b'{"acknowledged":true,"duplicate":true}'
+
+#: How long ``/readyz`` and ``/metrics`` wait for the database before saying it did not answer.
+DATABASE_PROBE_TIMEOUT = 2.0
+
+#: ``Retry-After`` of a 503: agents wait at least this long (seconds) before the next attempt.
+RETRY_AFTER_SECONDS = 2
+
+#: The least time between two warnings about the database being unavailable (seconds): during
+#: an outage every request fails, and one line now and then says as much as thousands.
+UNAVAILABLE_LOG_INTERVAL = 10.0
 
 #: Default page sizes of the listings.
 TASKS_PAGE = 100
@@ -115,6 +136,7 @@ class _Api:
         limits: ServerConfig,
         report_grace: timedelta,
         clock: Callable[[], datetime],
+        leadership: Leadership | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -126,6 +148,13 @@ class _Api:
         self.report_grace = report_grace
         self.clock = clock
         self.guard = Guard(store)  # open; create_app sets the configured one
+        self.leadership = leadership
+        self.metrics = ServerMetrics(leadership)
+        #: When the last "database unavailable" warning was logged (trio time), and how many
+        #: 503s were answered since.
+        self._unavailable_logged_at = -math.inf
+        self._unavailable_since_log = 0
+        self._probes = trio.CapacityLimiter(1)
 
     # -- reading requests ----------------------------------------------------------------
 
@@ -236,7 +265,13 @@ class _Api:
         await self.store.call(Store.create_task, task)
         if self.dispatcher is not None:
             self.dispatcher.notify()  # never waits for agents
-        logger.info("created task %s: %r %s", task.id, task.command[:200], task.frequency)
+        logger.info(
+            "created task %s: %r %s",
+            task.id,
+            task.command[:200],
+            task.frequency,
+            extra={"task_id": str(task.id)},
+        )
         return JSONResponse(
             unstructure(TaskCreated(command_id=task.id, task=task)), status_code=201
         )
@@ -283,7 +318,12 @@ class _Api:
             return edited
 
         task = await self.change(request, self.live(edit))
-        logger.info("edited task %s: %s", task.id, ", ".join(sorted(changes)) or "nothing")
+        logger.info(
+            "edited task %s: %s",
+            task.id,
+            ", ".join(sorted(changes)) or "nothing",
+            extra={"task_id": str(task.id)},
+        )
         return JSONResponse(unstructure(task))
 
     async def delete_task(self, request: Request) -> Response:
@@ -298,11 +338,11 @@ class _Api:
             if self.reconciler is not None:
                 for agent_id in holders:
                     self.reconciler.notify(agent_id)
-            logger.info("purged task %s and its history", task_id)
+            logger.info("purged task %s and its history", task_id, extra={"task_id": str(task_id)})
             return Response(status_code=204)
         now = self.clock()
         task = await self.change(request, lambda task: delete_task(task, now=now))
-        logger.info("deleted task %s", task.id)
+        logger.info("deleted task %s", task.id, extra={"task_id": str(task.id)})
         return JSONResponse(unstructure(task))
 
     async def pause_task(self, request: Request) -> Response:
@@ -426,6 +466,7 @@ class _Api:
         return report
 
     async def complete(self, request: Request) -> Response:
+        arrived = trio.current_time()
         caller = await self.guard.agent_caller(request)
         task_id = self.task_id(request)
         report = await self.read_body(request, ExecutionReport, self.max_report_bytes)
@@ -443,6 +484,7 @@ class _Api:
             new = await self.store.record_execution(execution, seen_at=received_at)
         except TaskNotFound:
             raise self.no_task(task_id) from None
+        self.metrics.reported(trio.current_time() - arrived, ((execution.status, new),))
         # Answered only now, after the commit: the agent may forget the report when it sees 200.
         return Response(_NEW if new else _DUPLICATE, media_type="application/json")
 
@@ -454,6 +496,7 @@ class _Api:
         ``executions.<index>``), and the others are stored. Only the caller's token, the
         envelope, the size and the JSON refuse the whole request.
         """
+        arrived = trio.current_time()
         caller = await self.guard.agent_caller(request)
         data = await self.read_body(request, dict, self.max_report_bytes)
         items = _validated(batch_items, data)
@@ -490,6 +533,15 @@ class _Api:
                 results[index] = _refused("task_not_found", message, _item_field(index, "task_id"))
             else:
                 results[index] = BatchItemResult(acknowledged=True, duplicate=not outcome)
+        if executions:
+            self.metrics.reported(
+                trio.current_time() - arrived,
+                (
+                    (execution.status, outcome)
+                    for execution, outcome in zip(executions, outcomes, strict=True)
+                    if not isinstance(outcome, TaskNotFound)
+                ),
+            )
         # Answered only now, after the commit: the agent may forget what was acknowledged.
         return JSONResponse(unstructure(BatchResult(results=_settled(results))))
 
@@ -528,7 +580,12 @@ class _Api:
         )
         record = await self.store.call(Store.upsert_agent, agent)
         self.agent_is_back(record.id)
-        logger.info("agent %s registered at %s", record.id, record.url)
+        logger.info(
+            "agent %s registered at %s",
+            record.id,
+            record.url,
+            extra={"agent_id": str(record.id), "url": record.url},
+        )
         answer: dict[str, object] = {"agent_id": str(record.id), "url": record.url}
         if issued is not None:
             answer["credentials"] = {
@@ -552,7 +609,7 @@ class _Api:
                 field="agent_id",
             )
         if before is AgentStatus.LOST:
-            logger.info("agent %s is alive again", agent_id)
+            logger.info("agent %s is alive again", agent_id, extra={"agent_id": str(agent_id)})
             self.agent_is_back(agent_id)
         return JSONResponse({"agent_id": str(agent_id), "status": AgentStatus.ALIVE.value})
 
@@ -572,7 +629,105 @@ class _Api:
         return JSONResponse(unstructure(detail))
 
     async def healthz(self, request: Request) -> Response:
+        # Liveness only: the process answers. Never the database, or an orchestrator would
+        # restart every replica when the database goes away (restarts fix nothing then).
         return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Ready: the database answers (within :data:`DATABASE_PROBE_TIMEOUT`); and the lease
+        as this replica sees it. Not holding the lease is no reason to be unready: every
+        replica serves the whole API."""
+        leadership = self.leadership
+        lease = {
+            "replica": None if leadership is None else leadership.replica_id,
+            "held": leadership is not None and leadership.held,
+            "holder": None if leadership is None else leadership.holder,
+        }
+        problem = await self.database_problem()
+        if problem is None:
+            return JSONResponse({"status": "ready", "database": "ok", "lease": lease})
+        self.metrics.database_unavailable.inc()
+        self.note_unavailable(problem)
+        return JSONResponse(
+            {"status": "unready", "database": "unavailable", "reason": problem, "lease": lease},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    async def database_problem(self) -> str | None:
+        """Why the database cannot be used now (``None``: it answered a trivial query)."""
+        with trio.move_on_after(DATABASE_PROBE_TIMEOUT):
+            try:
+                await self.probe(Store.ping)
+            except DatabaseUnavailable as error:
+                return str(error) or "the database is unavailable"
+            except Exception as error:  # whatever stops it answering makes us unready, not a 500
+                return f"{type(error).__name__}: {error}"
+            return None
+        return f"the database did not answer within {DATABASE_PROBE_TIMEOUT:g} s"
+
+    async def probe(self, method: Callable[[Store], T]) -> T:
+        """``method(store)`` for a probe (``/readyz``, ``/metrics``), which its caller may give
+        up on (a cancel scope's deadline) however long the database takes.
+
+        A store that takes concurrent calls (PostgreSQL, pooled) runs it in a thread of its
+        own, abandoned on cancellation: a connection attempt to a partitioned database waits
+        for its connect timeout, and the probe must answer sooner. One at a time, so that the
+        abandoned ones of a long outage cannot pile up. SQLite's single connection must not be
+        used beside the store's own calls; it does not wait on a network either.
+        """
+        if self.store.store.concurrency == 1:
+            return await self.store.call(method)
+        return await trio.to_thread.run_sync(
+            functools.partial(method, self.store.store),
+            limiter=self._probes,
+            abandon_on_cancel=True,
+        )
+
+    async def metrics_page(self, request: Request) -> Response:
+        """The Prometheus text: the counters kept in memory, the agents by status read now
+        (left out if the database does not answer in time: a scrape must not fail with it)."""
+        await self.guard.require_reader(request)
+        agents = None
+        with trio.move_on_after(DATABASE_PROBE_TIMEOUT):
+            try:
+                agents = await self.probe(count_agents)
+            except Exception as error:  # reported by /readyz and the 503s; not fatal here
+                logger.debug("metrics: could not count the agents: %r", error)
+        return Response(self.metrics.render(agents), media_type=CONTENT_TYPE)
+
+    def note_unavailable(self, reason: object) -> None:
+        """Log that the database is unavailable: at once, then at most every
+        :data:`UNAVAILABLE_LOG_INTERVAL` seconds, with how many requests failed meanwhile."""
+        self._unavailable_since_log += 1
+        now = trio.current_time()
+        if now - self._unavailable_logged_at < UNAVAILABLE_LOG_INTERVAL:
+            return
+        logger.warning(
+            "the database is unavailable (%s); answering 503 (%d request(s) since the last "
+            "warning)",
+            reason,
+            self._unavailable_since_log,
+            extra={"failed_requests": self._unavailable_since_log},
+        )
+        self._unavailable_logged_at = now
+        self._unavailable_since_log = 0
+
+    async def database_unavailable(self, request: Request, error: Exception) -> Response:
+        """Any route whose store call found the database unreachable: 503, retry later."""
+        assert isinstance(error, DatabaseUnavailable)
+        self.metrics.database_unavailable.inc()
+        self.note_unavailable(error)
+        refusal = ApiError(
+            503,
+            "database_unavailable",
+            f"the database is unavailable ({error}); retry in a few seconds",
+        )
+        return JSONResponse(
+            refusal.body(),
+            status_code=refusal.status,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(server_openapi())
@@ -642,13 +797,16 @@ def create_app(
     reconciler: Reconciler | None = None,
     config: ServerConfig | None = None,
     clock: Callable[[], datetime] = utc_now,
+    leadership: Leadership | None = None,
 ) -> Starlette:
     """The REST API over ``store``; new tasks and registrations are handed to ``dispatcher``,
     registrations and agents that come back to ``reconciler``.
 
     Without a dispatcher nothing is pushed to agents (handy in tests). ``config`` supplies
     the limits (``max_body_bytes``, ``max_command_length``, ``max_output_bytes``) and
-    ``report_grace``; its other settings are for :func:`serve`.
+    ``report_grace``; its other settings are for :func:`serve`. ``leadership`` is this
+    replica's view of the lease, shown by ``/readyz`` and ``/metrics`` (without it: no lease,
+    held false, holder null).
     """
     api = _Api(
         store,
@@ -657,6 +815,7 @@ def create_app(
         limits=config or ServerConfig(database=":memory:"),
         report_grace=config.report_grace if config else DEFAULT_REPORT_GRACE,
         clock=clock,
+        leadership=leadership,
     )
     api.guard = Guard(
         store,
@@ -692,12 +851,15 @@ def create_app(
         Route("/api/v1/agents", api.list_agents, methods=["GET"]),
         Route("/api/v1/agents/{agent_id}", api.get_agent, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics_page, methods=["GET"]),
         Route("/api/v1/openapi.json", api.openapi, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
         exception_handlers={
             CoreApiError: _api_error,
+            DatabaseUnavailable: api.database_unavailable,
             HTTPException: _http_error,
             Exception: _internal_error,
         },

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import secrets
+import socket
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +19,7 @@ from taskscheduler_core import (
     RetentionPolicy,
 )
 
+from .database import database_location, describe_database
 from .tls import TlsConfigError, check_ca, check_pair
 
 #: Request bodies larger than this are refused with 413 before they are parsed.
@@ -41,6 +45,29 @@ DEFAULT_LOST_AFTER = timedelta(seconds=15)
 
 #: How often the server compares what each alive agent has scheduled with what it should have.
 DEFAULT_RECONCILE_INTERVAL = timedelta(seconds=30)
+
+#: How long the lease of the work done once lasts without a renewal (see lease.py): a replica
+#: that dies is replaced within this.
+DEFAULT_LEASE_DURATION = timedelta(seconds=15)
+
+#: The longest replica id (it is stored in the leases table and shown in metrics).
+MAX_REPLICA_ID_LENGTH = 200
+
+
+def default_replica_id(database: Path | str | None = None) -> str:
+    """``<hostname>-<pid>-<4 random hex>``: unique among the live replicas, new at each start.
+
+    On SQLite (``database`` a path) it is ``<hostname>`` instead: a SQLite file serves one
+    server, so the same name at each start lets a server restarted after a crash renew its
+    previous life's lease at once, instead of waiting for it to run out before dispatching.
+    """
+    if isinstance(database, Path):
+        return socket.gethostname()[:MAX_REPLICA_ID_LENGTH]
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def _default_replica_id(config: ServerConfig) -> str:
+    return default_replica_id(config.database)
 
 
 def normalize_agent_url(url: str) -> str:
@@ -128,6 +155,20 @@ def _token(instance: object, attribute: attrs.Attribute[str | None], value: str 
         raise ValueError(f"{attribute.name} must be non-empty, without surrounding blanks")
 
 
+def _replica_id(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or value != value.strip()
+        or len(value) > MAX_REPLICA_ID_LENGTH
+        or not value.isprintable()
+    ):
+        raise ValueError(
+            f"--replica-id must be 1 to {MAX_REPLICA_ID_LENGTH} printable characters without "
+            f"surrounding blanks, got {value!r}"
+        )
+
+
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {value}")
@@ -142,7 +183,9 @@ class ServerConfig:
     it as a registered agent.
     """
 
-    database: Path = attrs.field(converter=Path)
+    #: A SQLite file (a ``Path``; given as a path or ``sqlite:///path``) or a PostgreSQL URL (a
+    #: ``str``: ``postgresql://…``); see database.py. Its password is never shown in a repr.
+    database: Path | str = attrs.field(converter=database_location, repr=describe_database)
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_port)
     available_agents: tuple[str, ...] = attrs.field(default=(), converter=_agent_urls)
@@ -200,6 +243,15 @@ class ServerConfig:
     keep_days: float = attrs.field(default=DEFAULT_KEEP_DAYS, validator=_keep_days)
     prune_interval: timedelta = attrs.field(
         default=DEFAULT_PRUNE_INTERVAL, validator=_prune_interval
+    )
+    #: Replicas sharing one database (see lease.py): the work done once (dispatch,
+    #: reconciliation, liveness, pruning) is done by the holder of a lease of this duration,
+    #: renewed every third of it; ``replica_id`` names this replica in the leases table.
+    lease_duration: timedelta = attrs.field(
+        default=DEFAULT_LEASE_DURATION, validator=_positive_duration
+    )
+    replica_id: str = attrs.field(
+        default=attrs.Factory(_default_replica_id, takes_self=True), validator=_replica_id
     )
 
     @property

@@ -17,6 +17,15 @@ with capped exponential backoff and jitter. A registration of that agent ends th
 (the agent says it is up); new work for an agent in backoff waits for the next attempt, so that
 creating tasks does not hammer a dead agent.
 
+Several replicas (see lease.py): every replica runs a dispatcher, and API calls poke their own
+replica's. The replica holding the lease runs it *leading* (``run(leading=True)``): it pushes the
+assignments, resolves ``AVAILABLE_SERVERS``, and, since a task may be created (or an agent
+registered) through another replica, it also looks for undelivered assignments in the store
+every ``poll_interval`` (0.5 s), not only when poked. The others run it *standing by*
+(``leading=False``): they push no assignment and only send the manual runs received by their
+own API, which live in their memory; a run that an agent refuses for lack of the task marks the
+assignment undelivered, and the holder pushes it at its next look.
+
 A new task goes to all its agents at once, so the store calls around the pushes are batched:
 the watcher reads the work of every idle lane in one call, and the acknowledgments that come
 meanwhile are recorded in one call. One call per lane would queue them one behind the other
@@ -26,6 +35,7 @@ meanwhile are recorded in one call. One call per lane would queue them one behin
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 from collections.abc import Callable
@@ -68,6 +78,11 @@ RUN_PATH = "/api/v1/tasks/{task_id}/run"
 
 #: Statuses that say "not now" rather than "never": a request refused with one is tried again.
 _TRANSIENT = frozenset({408, 425, 429})
+
+#: How often the dispatcher of the lease holder looks for undelivered work in the store, besides
+#: when poked: what other replicas wrote reaches agents within this. One cheap query (the
+#: assignments index) each time.
+DEFAULT_POLL_INTERVAL = timedelta(seconds=0.5)
 
 #: The connections to agents: as many at once as httpx allows by default (each lane has at most
 #: one request in flight), and all of them kept open between pushes; httpx keeps only 20, so
@@ -165,6 +180,7 @@ class Dispatcher:
         backoff_max: timedelta = timedelta(seconds=30),
         agent_request_timeout: timedelta = timedelta(seconds=5),
         verify: ssl.SSLContext | bool = True,
+        poll_interval: timedelta | None = DEFAULT_POLL_INTERVAL,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
@@ -174,9 +190,13 @@ class Dispatcher:
         self._timeout = agent_request_timeout.total_seconds()
         # httpx's verify=: the CA agents' HTTPS certificates are checked against.
         self._verify = verify
+        #: How often a leading dispatcher looks for work written by other replicas (None: never).
+        self._poll_interval = None if poll_interval is None else poll_interval.total_seconds()
         self._clock = clock
         #: The headers that authenticate the server to an agent (set by ``create_app``).
         self.agent_headers: Callable[[UUID], dict[str, str]] = _no_headers
+        #: Pushing assignments (this replica holds the lease), or only sending manual runs.
+        self._leading = False
         self._lanes: dict[UUID, _Lane] = {}
         #: Manual runs still to send, by agent: when each stops being worth sending.
         self._runs: dict[UUID, dict[_RunKey, datetime]] = {}
@@ -228,8 +248,22 @@ class Dispatcher:
             else:
                 self._changed.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver until cancelled."""
+    async def run(
+        self, *, leading: bool = True, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver until cancelled: assignments and manual runs, or with ``leading=False`` (a
+        replica that does not hold the lease) manual runs only.
+
+        It may be run again after it was cancelled (the lease loop switches it between the two
+        modes): what is still to deliver is read again from the store, and the manual runs not
+        sent yet are kept.
+        """
+        # What a previous run left: acknowledgments whose lanes are gone (a later round pushes
+        # those again), and a look at the store for the undelivered work, which starts it all.
+        self._acknowledged = []
+        self._to_record = trio.Event()
+        self._changed.set()
+        self._leading = leading
         async with (
             # trust_env=False: agents are peers on our own network, never reached through the
             # proxies the environment may configure for the outside world.
@@ -241,20 +275,28 @@ class Dispatcher:
             self._client = client
             self._nursery = nursery
             try:
-                for url in self.available_agents:
+                for url in self.available_agents if leading else ():
                     nursery.start_soon(self._resolve, url)
                 nursery.start_soon(self._record_acknowledgments)
                 task_status.started()
                 await self._watch_for_work()
             finally:
                 self._nursery = None
+                self._leading = False
                 self._lanes.clear()
 
     async def _watch_for_work(self) -> None:
         while True:
-            await self._changed.wait()
+            # Leading, it also looks every poll_interval: another replica may have written work
+            # (a task created through it, an agent that registered with it).
+            with trio.move_on_after(
+                self._poll_interval if self._leading and self._poll_interval else math.inf
+            ):
+                await self._changed.wait()
             self._changed = trio.Event()
-            awaiting = await self._store.call(Store.agents_awaiting_delivery)
+            awaiting = (
+                await self._store.call(Store.agents_awaiting_delivery) if self._leading else set()
+            )
             wanted = awaiting | {agent for agent, runs in self._runs.items() if runs}
             lanes = [self._lanes.get(agent_id) or self._start_lane(agent_id) for agent_id in wanted]
             # The idle lanes' work is read here, in one store call. Read by each lane, the reads
@@ -285,7 +327,9 @@ class Dispatcher:
                 backoff.reset()
             lane.idle = False
             pending, lane.work = lane.work, None
-            if pending is None:
+            if not self._leading:
+                pending = []  # standing by: manual runs only
+            elif pending is None:
                 pending = await self._store.call(Store.undelivered, lane.agent_id)
             if await self._deliver(lane.agent_id, pending, quiet=failures > 0):
                 if failures:

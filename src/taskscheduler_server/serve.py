@@ -1,5 +1,10 @@
-"""Running the server: the store, hypercorn (trio worker), the dispatcher, the reconciler, the
-liveness watch and the pruning of the history, in one nursery."""
+"""Running the server: the store, hypercorn (trio worker), and the lease loop, in one nursery.
+
+The lease loop (lease.py) runs the work done once — the dispatcher (leading), the reconciler, the
+liveness watch and the pruning of the history — while this replica holds the lease, and the
+dispatcher standing by (manual runs received here) while it does not. A lone server takes the
+lease at its first try, before it reports itself started.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from .app import create_app
 from .auth import check_exposure
 from .config import ServerConfig
 from .dispatch import Dispatcher
+from .lease import Leadership, LeaseKeeper
 from .liveness import watch_liveness
 from .reconcile import Reconciler
 from .retention import prune_history
@@ -63,15 +69,41 @@ async def _run_http(
         )
 
 
+def _work_done_once(
+    store: AsyncStore, dispatcher: Dispatcher, reconciler: Reconciler, config: ServerConfig
+) -> Callable[..., Awaitable[None]]:
+    """What only the lease holder does, as one task for ``nursery.start``."""
+
+    async def lead(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(dispatcher.run, leading=True))
+            await nursery.start(reconciler.run)
+            await nursery.start(
+                functools.partial(watch_liveness, store, lost_after=config.lost_after)
+            )
+            await nursery.start(
+                functools.partial(
+                    prune_history,
+                    store,
+                    policy=config.retention,
+                    interval=config.prune_interval,
+                )
+            )
+            task_status.started()
+
+    return lead
+
+
 async def serve(
     config: ServerConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the server until cancelled; ``task_status.started`` gets the bound base URL.
 
     ``await nursery.start(serve, config)`` returns e.g. ``"http://127.0.0.1:54321"`` once the
-    server accepts connections (useful with ``port=0``). On cancellation it stops accepting,
-    gives open requests ``graceful_timeout`` to finish, stops the background tasks (dispatch,
-    reconciliation, liveness, pruning) and closes the database.
+    server accepts connections (useful with ``port=0``) and has made its first try at the lease
+    (with the work done once started, if it took it). On cancellation it stops accepting, gives
+    open requests ``graceful_timeout`` to finish, stops the background tasks (dispatch,
+    reconciliation, liveness, pruning), releases the lease and closes the database.
     """
     check_exposure(
         config.host,
@@ -79,12 +111,22 @@ async def serve(
         join_token=config.join_token,
         insecure=config.insecure,
     )
-    config.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not isinstance(config.database, str):  # a SQLite file (a PostgreSQL URL is a str)
+        config.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = AsyncStore(await trio.to_thread.run_sync(Store, config.database))
+    started = False  # a server that never started (its port taken, say) never says it stopped
     try:
         dispatcher = Dispatcher.from_config(store, config)
         reconciler = Reconciler.from_config(store, dispatcher, config)
-        app = create_app(store, dispatcher=dispatcher, reconciler=reconciler, config=config)
+        leadership = Leadership(replica_id=config.replica_id)
+        lease = LeaseKeeper(store, leadership, duration=config.lease_duration)
+        app = create_app(
+            store,
+            dispatcher=dispatcher,
+            reconciler=reconciler,
+            config=config,
+            leadership=leadership,
+        )
         shutdown = trio.Event()
         # Hypercorn runs shielded: a cancellation of serve() becomes its graceful shutdown
         # (stop accepting, finish open requests) instead of cutting requests off mid-answer,
@@ -95,22 +137,20 @@ async def serve(
                 binds = await nursery.start(
                     _run_http, app, hypercorn_config(config), shutdown.wait, http_scope
                 )
-                await nursery.start(dispatcher.run)
-                await nursery.start(reconciler.run)
                 await nursery.start(
-                    functools.partial(watch_liveness, store, lost_after=config.lost_after)
-                )
-                await nursery.start(
-                    functools.partial(
-                        prune_history,
-                        store,
-                        policy=config.retention,
-                        interval=config.prune_interval,
-                    )
+                    lease.run,
+                    _work_done_once(store, dispatcher, reconciler, config),
+                    functools.partial(dispatcher.run, leading=False),
                 )
                 base_url = binds[0]
-                logger.info("taskscheduler server listening on %s", base_url)
+                logger.info(
+                    "taskscheduler server listening on %s (replica %s, %s the lease)",
+                    base_url,
+                    config.replica_id,
+                    "holding" if leadership.held else "not holding",
+                )
                 task_status.started(base_url)
+                started = True
                 await trio.sleep_forever()
             finally:
                 shutdown.set()
@@ -121,4 +161,5 @@ async def serve(
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()
-        logger.info("taskscheduler server stopped")
+        if started:
+            logger.info("taskscheduler server stopped")

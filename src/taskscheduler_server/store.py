@@ -1,20 +1,27 @@
-"""The server's database: tasks, agents, assignments and executions in SQLite, through peewee.
+"""The server's database: tasks, agents, assignments and executions, in SQLite or PostgreSQL,
+through peewee.
 
-Every line of peewee in the server lives in this module. :class:`Store` is synchronous and
-returns core models (and the server's assignments); the async side reaches it only through
-:class:`AsyncStore`, which runs each call in a worker thread behind a ``CapacityLimiter(1)``:
-SQLite has one writer, and peewee's single shared connection must never be used by two
-threads at once.
+Every line of peewee in the server lives in this module (how to connect to each database is
+in database.py). :class:`Store` is synchronous and returns core models (and the server's
+assignments); the async side reaches it only through :class:`AsyncStore`, which runs each call
+in a worker thread: one at a time on SQLite (one writer, and peewee's single shared connection
+must never be used by two threads at once), several at once on PostgreSQL (a pooled connection
+per call).
 
 Times are stored as integer microseconds since the epoch, so ordering and equality are exact
 (an execution's identity includes its ``scheduled_at``). A task's run policy and targets, and an
 agent's labels, are JSON written by the core's converter; what queries filter on (``paused``,
-``deleted_at``, ``name``, ``created_at``) has a column of its own.
+``deleted_at``, ``name``, ``created_at``) has a column of its own. PostgreSQL gets the same
+representation (UUIDs as 32 hex digits, times as microseconds), so one hand-written SQL text
+serves both; only command output differs (``BYTEA`` there: PostgreSQL's ``TEXT`` cannot hold
+NUL). docs/database.md tells why.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import itertools
 import json
 import logging
 import os
@@ -28,7 +35,9 @@ from uuid import UUID
 
 import attrs
 import peewee
+import psycopg2.extensions
 import trio
+from playhouse.pool import MaxConnectionsExceeded
 
 from taskscheduler_core import (
     Agent,
@@ -51,7 +60,16 @@ from taskscheduler_core import (
     unstructure,
 )
 
-from .errors import ServerError, TaskNotFound
+from .database import (
+    POSTGRES_CONCURRENCY,
+    connection_failure,
+    database_location,
+    describe_database,
+    first_line,
+    open_postgresql,
+    open_sqlite,
+)
+from .errors import DatabaseUnavailable, ServerError, TaskNotFound
 from .records import AgentCredential, Assignment
 
 logger = logging.getLogger("taskscheduler.server.store")
@@ -60,11 +78,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 #: Bumped whenever the tables change shape; a newer database is refused rather than misread,
-#: an older one is upgraded when it is opened (:data:`_UPGRADES`).
-SCHEMA_VERSION = 5
+#: an older one is upgraded when it is opened (:data:`_UPGRADES`, :data:`_POSTGRES_UPGRADES`).
+SCHEMA_VERSION = 6
 
-#: The statements that take a database from version ``n`` to ``n + 1``, run in the transaction
-#: that opens it. Version 1 is the schema of the first release (issue 2).
+#: The statements that take a SQLite database from version ``n`` to ``n + 1``, run in the
+#: transaction that opens it. Version 1 is the schema of the first release (issue 2).
 _UPGRADES: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE agents ADD COLUMN status TEXT NOT NULL DEFAULT 'alive'",),
     # Version 3 adds the agent_credentials table, which create_tables makes.
@@ -83,7 +101,32 @@ _UPGRADES: dict[int, tuple[str, ...]] = {
     ),
     # Version 5 (issue 7) adds the leases table, which create_tables makes.
     4: (),
+    # Version 6 (issue 7): the name as searched (casefolded by Python, the same on both
+    # databases), filled in with the function the store registers on its SQLite connection.
+    5: (
+        "ALTER TABLE tasks ADD COLUMN name_folded TEXT",
+        "UPDATE tasks SET name_folded = tsched_casefold(name)",
+    ),
 }
+
+#: The first schema version a PostgreSQL database has had: it is created at the current one.
+_POSTGRES_FIRST_VERSION = 6
+#: As :data:`_UPGRADES`, for PostgreSQL (from :data:`_POSTGRES_FIRST_VERSION` on). Its version
+#: is the one row of ``tsched_schema_version`` (PostgreSQL has no ``user_version``).
+_POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {}
+
+#: The first key of the advisory locks the store takes on PostgreSQL (the second is the hash
+#: of the schema, so that databases in two schemas do not wait for each other): one for the
+#: creation or upgrade of the schema, so that two servers starting at once on an empty
+#: database do not both create it; one for the writes that decide assignments (see
+#: Store._serialise_assignments).
+_SCHEMA_LOCK = 747_301
+_ASSIGNMENTS_LOCK = 747_302
+_ADVISORY_LOCK_SQL = "SELECT pg_advisory_xact_lock(?, hashtext(coalesce(current_schema(), '')))"
+
+#: How many times a PostgreSQL transaction aborted by a deadlock or a serialization failure is
+#: run again before the error is let through.
+_TRANSACTION_TRIES = 5
 
 #: The columns an execution had before version 4, copied as they are when the table is rebuilt.
 _V3_EXECUTION_COLUMNS = (
@@ -95,18 +138,6 @@ _V3_EXECUTION_COLUMNS = (
 _BATCH = 500
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-_PRAGMAS = {
-    "journal_mode": "wal",
-    # In WAL mode a commit with synchronous=NORMAL already survives the process being killed
-    # (the WAL is in the OS page cache when COMMIT returns), but not an OS crash or a power
-    # cut. FULL fsyncs the WAL on every commit, so a report we acknowledged is on disk: the
-    # agent deletes its copy once we say 200, and nothing else would keep it.
-    "synchronous": "full",
-    # Other processes (a backup, the sqlite3 shell) may hold the lock briefly; wait, not fail.
-    "busy_timeout": 5000,
-    "foreign_keys": 1,
-}
 
 
 def to_micros(moment: datetime) -> int:
@@ -132,6 +163,22 @@ class _TimeField(peewee.BigIntegerField):
 
     def python_value(self, value: int | None) -> datetime | None:
         return None if value is None else from_micros(value)
+
+
+class _OutputBytesField(peewee.BlobField):
+    """Command output as its UTF-8 bytes (``BYTEA``), on PostgreSQL: its ``TEXT`` cannot hold
+    the NUL character, which a command may well print."""
+
+    def db_value(self, value: str | None) -> Any:
+        return None if value is None else super().db_value(value.encode())  # type: ignore[no-untyped-call]
+
+    def python_value(self, value: Any) -> str | None:
+        return None if value is None else _output_text(value)
+
+
+def _output_text(value: str | bytes | memoryview) -> str:
+    """An output column as read: text from SQLite, UTF-8 bytes from PostgreSQL."""
+    return value if isinstance(value, str) else bytes(value).decode()
 
 
 @attrs.frozen
@@ -160,7 +207,7 @@ class _Tables:
         ]
 
 
-def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
+def _make_tables(database: peewee.Database, output_field: type[peewee.Field]) -> _Tables:
     class TaskRow(_Model):
         id = peewee.UUIDField(primary_key=True)
         command = peewee.TextField()
@@ -169,6 +216,8 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
         created_at = _TimeField(index=True)
         updated_at = _TimeField(null=True)
         name = peewee.TextField(null=True)
+        #: The name casefolded, as searched (find_tasks): Python's folding, on both databases.
+        name_folded = peewee.TextField(null=True)
         #: The run policy (timeout, overlap, retries, env, …) as the wire format writes it.
         policy = peewee.TextField(default="{}")
         #: The targets as the wire format writes them; ``{}`` is every agent.
@@ -216,8 +265,8 @@ def _make_tables(database: peewee.SqliteDatabase) -> _Tables:
         finished_at = _TimeField()
         status = peewee.TextField()
         exit_code = peewee.IntegerField(null=True)
-        stdout = peewee.TextField(default="")
-        stderr = peewee.TextField(default="")
+        stdout = output_field(default="")
+        stderr = output_field(default="")
         stdout_dropped = peewee.BigIntegerField(default=0)
         stderr_dropped = peewee.BigIntegerField(default=0)
         attempt = peewee.IntegerField(default=1)
@@ -274,7 +323,8 @@ def _create_private(path: Path) -> None:
 
 
 def _casefold(text: str | None) -> str | None:
-    """SQLite's ``lower`` folds ASCII only; names are searched the way Python folds them."""
+    """A name as searched: SQLite's ``lower`` folds ASCII only, PostgreSQL's depends on the
+    database's locale; names are searched the way Python folds them (``name_folded``)."""
     return None if text is None else text.casefold()
 
 
@@ -286,39 +336,95 @@ def _state_condition(task: Any, state: TaskState) -> Any:
     return task.deleted_at.is_null() & paused
 
 
-class Store:
-    """The server's SQLite database; the schema is created when the file is opened.
+def _guard_calls(cls: type[Store]) -> type[Store]:
+    """Make every public method of ``cls`` one call on the database, through
+    :meth:`Store._guarded` (a pooled connection and :class:`DatabaseUnavailable` on
+    PostgreSQL). Done here rather than method by method so that a method added later cannot
+    forget it (a test checks them all)."""
+    for name, member in list(vars(cls).items()):
+        if name.startswith("_") or name in _UNGUARDED or not inspect.isfunction(member):
+            continue
+        setattr(cls, name, _guard(member))
+    return cls
 
-    Not thread-safe on its own: one caller at a time (:class:`AsyncStore` sees to it).
+
+#: The public methods that are not calls on the database.
+_UNGUARDED = frozenset({"close"})
+
+
+def _guard(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[Store, P], T]:
+    def guarded(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._guarded(method, *args, **kwargs)
+
+    functools.update_wrapper(guarded, method)
+    return guarded
+
+
+@_guard_calls
+class Store:
+    """The server's database, SQLite or PostgreSQL; the schema is created (or upgraded) when
+    it is opened.
+
+    ``location`` is a SQLite file (a path, or ``sqlite:///path``) or a PostgreSQL URL
+    (``postgresql://…``): see :func:`~taskscheduler_server.database.database_location`.
+
+    On SQLite, not thread-safe on its own: one caller at a time (:class:`AsyncStore` sees to
+    it). On PostgreSQL, any number of threads may call at once: every public method checks a
+    pooled connection out for its call and back in after it, raises
+    :class:`DatabaseUnavailable` when the database cannot be reached (the next call tries
+    again, on a new connection), and runs again a transaction aborted by a deadlock or a
+    serialization failure (see :meth:`_guarded`).
     """
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        _create_private(self.path)
-        self._db = peewee.SqliteDatabase(
-            str(self.path),
-            pragmas=_PRAGMAS,
-            # One connection shared by whichever worker thread runs the call: AsyncStore's
-            # limiter serialises them, and a per-thread connection would defeat "one writer".
-            thread_safe=False,
-            check_same_thread=False,
-            # Open from __init__ to close(); a call after close() is a bug, not a reconnect.
-            autoconnect=False,
-        )
+    def __init__(self, location: Path | str) -> None:
+        self.location: Path | str = database_location(location)
+        #: The SQLite file, or ``None`` on PostgreSQL.
+        self.path: Path | None = None
+        self._postgres = isinstance(self.location, str)
+        #: ``"sqlite"`` or ``"postgresql"``.
+        self.backend = "postgresql" if self._postgres else "sqlite"
+        #: How many calls may run at once (AsyncStore's limiter).
+        self.concurrency = POSTGRES_CONCURRENCY if self._postgres else 1
+        self._db: Any
+        if isinstance(self.location, str):
+            self._db = open_postgresql(self.location)
+            self._tables = _make_tables(self._db, _OutputBytesField)
+            self._open_postgres()
+        else:
+            self.path = self.location
+            self._open_sqlite(self.location)
+
+    def _open_sqlite(self, path: Path) -> None:
+        _create_private(path)
+        self._db = open_sqlite(path)
         self._db.register_function(_casefold, "tsched_casefold", 1, deterministic=True)
-        self._tables = _make_tables(self._db)
+        self._tables = _make_tables(self._db, peewee.TextField)
         try:
             self._db.connect()
             self._create_schema()
         except peewee.DatabaseError as error:  # not a database, locked, unwritable, …
             self.close()
-            raise ServerError(f"cannot open the database {self.path}: {error}") from error
+            raise ServerError(f"cannot open the database {path}: {error}") from error
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_postgres(self) -> None:
+        where = describe_database(self.location)
+        try:
+            self._guarded(Store._create_postgres_schema)
+        except DatabaseUnavailable as error:
+            self.close()
+            raise DatabaseUnavailable(f"cannot reach the database {where}: {error}") from None
+        except peewee.PeeweeException as error:  # no such database, no right to create, …
+            self.close()
+            raise ServerError(f"cannot open the database {where}: {first_line(error)}") from None
         except BaseException:
             self.close()
             raise
 
     def _create_schema(self) -> None:
-        """Create the tables of a new file, or upgrade an older one, in one transaction."""
+        """Create the tables of a new SQLite file, or upgrade an older one, in one transaction."""
         with self._db.atomic():
             version = self._db.pragma("user_version")
             if version > SCHEMA_VERSION:
@@ -330,35 +436,70 @@ class Store:
             if version:
                 for step in range(version, SCHEMA_VERSION):
                     for statement in _UPGRADES[step]:
-                        self._db.execute_sql(statement)  # type: ignore[no-untyped-call]
+                        self._db.execute_sql(statement)
                 if version < 4:
                     self._rebuild_executions()
             self._db.create_tables(self._tables.all(), safe=True)
             self._db.pragma("user_version", SCHEMA_VERSION)
 
+    def _create_postgres_schema(self) -> None:
+        """Create the tables in an empty PostgreSQL schema, or upgrade older ones, in one
+        transaction; the version is the one row of ``tsched_schema_version``.
+
+        The transaction first takes an advisory lock (on this schema): of two servers starting
+        at once on an empty database, the second waits, then finds the schema made.
+        """
+        where = describe_database(self.location)
+        with self._db.atomic():
+            self._execute(_ADVISORY_LOCK_SQL, (_SCHEMA_LOCK,))
+            self._execute('CREATE TABLE IF NOT EXISTS "tsched_schema_version" ("version" BIGINT)')
+            versions = self._execute('SELECT max("version") FROM "tsched_schema_version"')
+            (version,) = versions.fetchone()
+            if version is not None and version > SCHEMA_VERSION:
+                raise ServerError(
+                    f"the database {where} has schema version {version}; this server knows up "
+                    f"to {SCHEMA_VERSION}: upgrade the server"
+                )
+            if version is not None and version < _POSTGRES_FIRST_VERSION:
+                raise ServerError(
+                    f"the database {where} has schema version {version}, which no taskscheduler "
+                    "server writes on PostgreSQL"
+                )
+            for step in range(version or SCHEMA_VERSION, SCHEMA_VERSION):
+                for statement in _POSTGRES_UPGRADES[step]:
+                    self._execute(statement)
+            self._db.create_tables(self._tables.all(), safe=True)
+            if version is None:
+                self._execute('INSERT INTO "tsched_schema_version" VALUES (?)', (SCHEMA_VERSION,))
+            else:
+                self._execute('UPDATE "tsched_schema_version" SET "version" = ?', (SCHEMA_VERSION,))
+
     def _rebuild_executions(self) -> None:
         """Version 4 keys executions by attempt too. SQLite cannot change a UNIQUE index in
         place, so the table is made anew and the rows copied (as first, final, scheduled
-        attempts), inside the opening transaction: an upgrade is all or nothing."""
+        attempts), inside the opening transaction: an upgrade is all or nothing. (SQLite only:
+        PostgreSQL databases start at version 6.)"""
         execute = self._db.execute_sql
-        execute("ALTER TABLE executions RENAME TO executions_v3")  # type: ignore[no-untyped-call]
+        execute("ALTER TABLE executions RENAME TO executions_v3")
         # The old indexes keep their names on the renamed table; the new table's have the same
         # names, so they go first.
-        indexes = execute(  # type: ignore[no-untyped-call]
+        indexes = execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'executions_v3'"
             " AND sql IS NOT NULL"
         ).fetchall()
         for (name,) in indexes:
-            execute(f'DROP INDEX "{name}"')  # type: ignore[no-untyped-call]
+            execute(f'DROP INDEX "{name}"')
         self._tables.execution.create_table(safe=False)
-        execute(  # type: ignore[no-untyped-call]
+        execute(
             f"INSERT INTO executions ({_V3_EXECUTION_COLUMNS}, attempt, trigger, final) "
             f"SELECT {_V3_EXECUTION_COLUMNS}, 1, '{Trigger.SCHEDULE.value}', 1 FROM executions_v3"
         )
-        execute("DROP TABLE executions_v3")  # type: ignore[no-untyped-call]
+        execute("DROP TABLE executions_v3")
 
     def close(self) -> None:
-        if not self._db.is_closed():
+        if self._postgres:
+            self._db.close_all()  # every pooled connection, idle or (a bug) still checked out
+        elif not self._db.is_closed():
             self._db.close()
 
     def __enter__(self) -> Store:
@@ -372,6 +513,73 @@ class Store:
     ) -> None:
         self.close()
 
+    def _guarded(
+        self, method: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``method`` as one call on the database (every public method goes through here).
+
+        SQLite: just the call (its one connection is open from ``__init__`` to ``close``).
+        PostgreSQL: with a connection checked out of the pool for this thread (a call within a
+        call uses the one it has); a failure to reach the database becomes
+        :class:`DatabaseUnavailable` (the broken connection is discarded on check-in, so the
+        next call gets a new one); a transaction PostgreSQL aborted to break a deadlock or a
+        serialization conflict is run again, since nothing of it was committed.
+        """
+        if not self._postgres or not self._db.is_closed():
+            return method(self, *args, **kwargs)
+        for attempt in itertools.count(1):
+            try:
+                self._db.connect()
+            except (peewee.PeeweeException, MaxConnectionsExceeded) as error:
+                if connection_failure(error, self._db):
+                    raise DatabaseUnavailable(first_line(error)) from error
+                raise
+            try:
+                return method(self, *args, **kwargs)
+            except (peewee.PeeweeException, MaxConnectionsExceeded) as error:
+                if connection_failure(error, self._db):
+                    raise DatabaseUnavailable(first_line(error)) from error
+                if attempt < _TRANSACTION_TRIES and _transaction_conflict(error):
+                    logger.info("transaction aborted (%s); running it again", first_line(error))
+                    continue
+                raise
+            finally:
+                self._check_in()
+        raise AssertionError("unreachable")
+
+    def _check_in(self) -> None:
+        """Give this thread's connection back to the pool (which throws a broken one away).
+
+        If even that fails, the connection is closed and forgotten, and this thread's state
+        cleared, so that its next call checks out a connection afresh.
+        """
+        try:
+            self._db.close()
+        except Exception:
+            logger.warning("could not return a database connection to the pool", exc_info=True)
+            connection = self._db._state.conn
+            self._db._state.reset()
+            if connection is not None:
+                self._db._close(connection, close_conn=True)
+
+    def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        """Run hand-written ``sql`` (``?`` placeholders) on this database; its cursor."""
+        if self._postgres:
+            sql = _postgres_sql(sql)
+        return self._db.execute_sql(sql, parameters)
+
+    def _serialise_assignments(self) -> None:
+        """On PostgreSQL, wait for the other transactions that decide assignments (a task
+        created, changed or removed; an agent registered or relabelled) to finish first.
+
+        Each reads one side (the agents, or the tasks) and writes the assignments of the
+        other: two at once on two servers would each miss the other's uncommitted row (a task
+        created while an agent registers would be assigned to it by neither). SQLite has one
+        writer at a time anyway. Called first thing in the transaction.
+        """
+        if self._postgres:
+            self._execute(_ADVISORY_LOCK_SQL, (_ASSIGNMENTS_LOCK,))
+
     # -- tasks ---------------------------------------------------------------------------
 
     def create_task(self, task: Task) -> list[Assignment]:
@@ -379,6 +587,7 @@ class Store:
         assignments (none for a task created deleted)."""
         t = self._tables
         with self._db.atomic():
+            self._serialise_assignments()
             t.task.insert(id=task.id, **_task_columns(task)).execute()
             self._sync_task(task, task.created_at, push=False)
             query = (
@@ -419,11 +628,12 @@ class Store:
         whose name holds ``name`` (any case), assigned to ``agent_id``, and after the task
         ``after`` (its ``(created_at, id)``, from the previous page)."""
         t = self._tables
-        condition: Any = peewee.Value(0)
+        condition: Any = peewee.Value(False)
         for state in states:
             condition |= _state_condition(t.task, state)
         if name is not None:
-            condition &= peewee.fn.instr(peewee.fn.tsched_casefold(t.task.name), name.casefold())
+            position = peewee.fn.strpos if self._postgres else peewee.fn.instr
+            condition &= position(t.task.name_folded, name.casefold()) > 0
         if agent_id is not None:
             assigned = t.assignment.select(t.assignment.task).where(
                 (t.assignment.agent == agent_id) & t.assignment.unassigned_at.is_null()
@@ -447,6 +657,7 @@ class Store:
         """
         t = self._tables
         with self._db.atomic():
+            self._serialise_assignments()
             row = t.task.get_or_none(t.task.id == task_id)
             if row is None:
                 raise TaskNotFound(task_id)
@@ -466,6 +677,7 @@ class Store:
         """
         t = self._tables
         with self._db.atomic():
+            self._serialise_assignments()
             if not t.task.select().where(t.task.id == task_id).exists():
                 return None
             holding = t.assignment.select(t.assignment.agent).where(
@@ -587,6 +799,7 @@ class Store:
         t = self._tables
         labels = _labels_text(agent.labels)
         with self._db.atomic():
+            self._serialise_assignments()
             row = t.agent.get_or_none(t.agent.id == agent.id)
             if row is None:
                 t.agent.insert(
@@ -618,6 +831,7 @@ class Store:
         t = self._tables
         text = _labels_text(labels)
         with self._db.atomic():
+            self._serialise_assignments()
             changed = (
                 t.agent.update(labels=text)
                 .where((t.agent.id == agent_id) & (t.agent.labels != text))
@@ -631,10 +845,13 @@ class Store:
         """Store (or replace) the credential of ``credential.agent_id``."""
         t = self._tables
         with self._db.atomic():
-            t.credential.replace(
+            t.credential.insert(
                 agent_id=credential.agent_id,
                 token_sha256=credential.token_sha256,
                 server_token=credential.server_token,
+            ).on_conflict(
+                conflict_target=[t.credential.agent_id],
+                preserve=[t.credential.token_sha256, t.credential.server_token],
             ).execute()
 
     def agent_credentials(self) -> list[AgentCredential]:
@@ -943,33 +1160,29 @@ class Store:
         from the event loop, which, busy parsing the next requests, may keep it for up to the
         interpreter's switch interval each time. So: one ``SELECT`` for the known tasks, one
         multi-row ``INSERT … ON CONFLICT DO NOTHING`` per :data:`_BATCH` rows, one ``UPDATE``
-        for the agents seen. New vs duplicate stays exact per row: when fewer rows were
-        inserted than given (some were repeats, the rare case), the keys inserted are read
-        back: those of the rows whose ``id`` is past the largest before this transaction (the
-        transaction holds the database's one write lock, so no one else inserts meanwhile).
+        for the agents seen. New vs duplicate stays exact per row, even with several servers
+        on one PostgreSQL database reporting the same executions at once (see
+        :meth:`_insert_sqlite` and :meth:`_insert_postgres`).
         """
         times = list(seen_at) if isinstance(seen_at, Sequence) else [seen_at] * len(executions)
         if len(times) != len(executions):
             raise ValueError(f"{len(times)} seen_at times for {len(executions)} executions")
         if not executions:
             return []
-        rows = [(_execution_row(execution), execution) for execution in executions]
+        to_row = _postgres_execution_row if self._postgres else _execution_row
+        rows = [(to_row(execution), execution) for execution in executions]
         with self._db.atomic():
             known = self._known_task_keys({row[0] for row, _ in rows})
             # In key order: consecutive inserts then land in neighbouring index pages, which
-            # saves SQLite a fifth of its work on a batch spread over many tasks and agents.
+            # saves SQLite a fifth of its work on a batch spread over many tasks and agents;
+            # and two PostgreSQL transactions inserting the same keys wait for each other in
+            # the same order, never in a cycle (a deadlock).
             # (The sort is stable: of two reports with one key, the first is still stored.)
             accepted = sorted((row for row, _ in rows if row[0] in known), key=_execution_key)
-            execute: Callable[..., Any] = self._db.execute_sql
-            (newest,) = execute('SELECT max("id") FROM "executions"').fetchone()
-            written = 0
-            for start in range(0, len(accepted), _BATCH):
-                chunk = accepted[start : start + _BATCH]
-                values = [value for row in chunk for value in row]
-                written += execute(_insert_executions_sql(len(chunk)), values).rowcount
-            inserted: set[tuple[Any, ...]] | None = None  # None: every accepted row
-            if written < len(accepted):
-                inserted = set(execute(_INSERTED_SQL, [newest or 0]).fetchall())
+            if self._postgres:
+                inserted: set[tuple[Any, ...]] | None = self._insert_postgres(accepted)
+            else:
+                inserted = self._insert_sqlite(accepted)
             self._seen_many(rows, times, known)
         results: list[bool | TaskNotFound] = []
         for row, execution in rows:
@@ -983,6 +1196,42 @@ class Store:
             else:
                 results.append(False)
         return results
+
+    def _insert_sqlite(self, accepted: list[tuple[Any, ...]]) -> set[tuple[Any, ...]] | None:
+        """Insert ``accepted`` (rows of known tasks, in key order), skipping stored keys; the
+        keys inserted, or ``None`` if every row was.
+
+        Only when fewer rows were inserted than given (some were repeats, the rare case) are
+        the keys inserted read back: those of the rows whose ``id`` is past the largest before
+        this transaction (the transaction holds the database's one write lock, so no one else
+        inserts meanwhile).
+        """
+        execute: Callable[..., Any] = self._db.execute_sql
+        (newest,) = execute('SELECT max("id") FROM "executions"').fetchone()
+        written = 0
+        for start in range(0, len(accepted), _BATCH):
+            chunk = accepted[start : start + _BATCH]
+            values = [value for row in chunk for value in row]
+            written += execute(_insert_executions_sql(len(chunk), False), values).rowcount
+        if written == len(accepted):
+            return None
+        return set(execute(_INSERTED_SQL, [newest or 0]).fetchall())
+
+    def _insert_postgres(self, accepted: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """:meth:`_insert_sqlite` on PostgreSQL, where other servers insert at the same time:
+        the ``INSERT`` returns the keys it inserted itself.
+
+        Two transactions inserting one key: the second waits on the unique index until the
+        first ends, then skips the row (first committed) or inserts it (first rolled back), so
+        exactly one of them is told the execution is new.
+        """
+        execute: Callable[..., Any] = self._db.execute_sql
+        inserted: set[tuple[Any, ...]] = set()
+        for start in range(0, len(accepted), _BATCH):
+            chunk = accepted[start : start + _BATCH]
+            values = [value for row in chunk for value in row]
+            inserted.update(execute(_insert_executions_sql(len(chunk), True), values).fetchall())
+        return inserted
 
     def _seen_many(
         self,
@@ -1000,19 +1249,27 @@ class Store:
             chunk = list(seen.items())[start : start + _BATCH]
             values = [value for agent, moment in chunk for value in (agent, _micros(moment))]
             execute: Callable[..., Any] = self._db.execute_sql
-            execute(_seen_sql(len(chunk)), [*values, AgentStatus.ALIVE.value])
+            execute(_seen_sql(len(chunk), self._postgres), [*values, AgentStatus.ALIVE.value])
 
     def _known_task_keys(self, keys: Collection[str]) -> set[str]:
-        """Which of ``keys`` (task ids as stored: 32 hex digits) name a stored task."""
+        """Which of ``keys`` (task ids as stored: 32 hex digits) name a stored task.
+
+        On PostgreSQL the tasks found are locked against deletion (``FOR KEY SHARE``: other
+        reports are not held up) until the transaction ends, so that a task purged by another
+        server meanwhile cannot fail the insert of its executions.
+        """
         known: set[str] = set()
         ordered = sorted(keys)
         for start in range(0, len(ordered), _BATCH):
             chunk = ordered[start : start + _BATCH]
             marks = ", ".join("?" * len(chunk))
+            if self._postgres:
+                sql = f'SELECT "id" FROM "tasks" WHERE "id" IN ({marks}) FOR KEY SHARE'
+                known.update(found for (found,) in self._execute(sql, chunk).fetchall())
+                continue
             # One row (one step of SQLite, see record_executions), not one per task.
-            execute: Callable[..., Any] = self._db.execute_sql
             sql = f'SELECT group_concat("id", \',\') FROM "tasks" WHERE "id" IN ({marks})'
-            (found,) = execute(sql, chunk).fetchone()
+            (found,) = self._execute(sql, chunk).fetchone()
             known.update(found.split(",") if found else ())
         return known
 
@@ -1163,6 +1420,7 @@ class Store:
             )
         )
         with self._db.atomic():
+            self._serialise_assignments()
             forgotten = [
                 row.id
                 for row in t.task.select(t.task.id).where(
@@ -1183,26 +1441,13 @@ class Store:
 
         It is taken if no one holds it, if ``holder`` does already (a renewal), or if its
         holder's time ran out (``expires_at`` not after ``now``); otherwise nothing changes. One
-        transaction, so of two servers trying at once exactly one gets it.
+        statement, so of two servers trying at once exactly one gets it.
         """
-        t = self._tables
-        with self._db.atomic():
-            row = t.lease.get_or_none(t.lease.name == name)
-            if row is None:
-                t.lease.insert(name=name, holder=holder, expires_at=expires_at).execute()
-                return True
-            if row.holder != holder and row.expires_at > now:
-                return False
-            # Conditional, so that a competing transaction that took it meanwhile wins.
-            changed = (
-                t.lease.update(holder=holder, expires_at=expires_at)
-                .where(
-                    (t.lease.name == name)
-                    & ((t.lease.holder == holder) | (t.lease.expires_at <= now))
-                )
-                .execute()
-            )
-            return bool(changed)
+        # One statement: on PostgreSQL, of two servers inserting at once the second waits on
+        # the unique name, then finds the row and checks the condition on it as committed.
+        parameters = (name, holder, to_micros(expires_at), to_micros(now))
+        changed: int = self._execute(_ACQUIRE_LEASE_SQL, parameters).rowcount
+        return changed == 1
 
     def release_lease(self, name: str, holder: str) -> bool:
         """Give up the lease ``name`` if ``holder`` holds it (a graceful stop), so that another
@@ -1220,12 +1465,11 @@ class Store:
 
     def ping(self) -> None:
         """Reach the database (one trivial query): raises if it cannot be reached."""
-        self._db.execute_sql("SELECT 1").fetchone()  # type: ignore[no-untyped-call]
+        self._execute("SELECT 1").fetchone()
 
     def _select(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
         """The rows of the hand-written ``sql`` (see :data:`_TASK_SQL` for why by hand)."""
-        cursor = self._db.execute_sql(sql, parameters)  # type: ignore[no-untyped-call]
-        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        rows: list[tuple[Any, ...]] = self._execute(sql, parameters).fetchall()
         return rows
 
 
@@ -1238,6 +1482,7 @@ def _task_columns(task: Task) -> dict[str, Any]:
         "created_at": task.created_at,
         "updated_at": task.updated_at,
         "name": task.name,
+        "name_folded": _casefold(task.name),
         "policy": json.dumps(unstructure(task.policy()), sort_keys=True),
         "targets": json.dumps(unstructure(task.targets), sort_keys=True),
         "paused": task.paused,
@@ -1421,8 +1666,8 @@ def _stored_execution(task_id: UUID, values: Sequence[Any]) -> Execution:
         finished_at=from_micros(finished_at),
         status=ExecutionStatus(status),
         exit_code=exit_code,
-        stdout=stdout or "",
-        stderr=stderr or "",
+        stdout=_output_text(stdout) if stdout else "",
+        stderr=_output_text(stderr) if stderr else "",
         stdout_dropped=stdout_dropped,
         stderr_dropped=stderr_dropped,
         attempt=attempt,
@@ -1461,29 +1706,52 @@ def _quoted(columns: Iterable[str]) -> str:
 #: The keys of the executions inserted after the one with the given ``id``.
 _INSERTED_SQL = f'SELECT {_quoted(_EXECUTION_KEY)} FROM "executions" WHERE "id" > ?'
 
+#: Take the lease (parameters: name, holder, expires_at, now) if it is free, held by this
+#: holder, or expired: one row changed if so, none if another holds it.
+_ACQUIRE_LEASE_SQL = (
+    'INSERT INTO "leases" ("name", "holder", "expires_at") VALUES (?, ?, ?) '
+    'ON CONFLICT ("name") DO UPDATE SET "holder" = excluded."holder", '
+    '"expires_at" = excluded."expires_at" '
+    'WHERE "leases"."holder" = excluded."holder" OR "leases"."expires_at" <= ?'
+)
 
-@functools.lru_cache(maxsize=64)
-def _seen_sql(agents: int) -> str:
+
+@functools.lru_cache(maxsize=4096)
+def _postgres_sql(sql: str) -> str:
+    """Hand-written SQL for psycopg2: its placeholder is ``%s`` (and ``%`` is escaped)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+@functools.lru_cache(maxsize=128)
+def _seen_sql(agents: int, postgres: bool) -> str:
     """``Store._seen`` for ``agents`` agents in one statement (parameters: agent id, time,
     …, then the status ``alive``): each is ``alive``, its ``last_seen_at`` never moved back
-    by a late report carrying an earlier time."""
-    pairs = ", ".join(["(?, ?)"] * agents)
-    return (
+    by a late report carrying an earlier time. (The larger of two values is SQLite's scalar
+    ``max``, PostgreSQL's ``GREATEST``; the time is cast, as PostgreSQL cannot tell the type
+    of a bare parameter in ``VALUES``.)"""
+    pairs = ", ".join(["(?, CAST(? AS BIGINT))"] * agents)
+    greatest = "GREATEST" if postgres else "max"
+    sql = (
         f'WITH "seen"("id", "at") AS (VALUES {pairs}) UPDATE "agents" SET "status" = ?, '
-        '"last_seen_at" = max("last_seen_at", '
+        f'"last_seen_at" = {greatest}("last_seen_at", '
         '(SELECT "at" FROM "seen" WHERE "seen"."id" = "agents"."id")) '
         'WHERE "id" IN (SELECT "id" FROM "seen")'
     )
+    return _postgres_sql(sql) if postgres else sql
 
 
-@functools.lru_cache(maxsize=64)
-def _insert_executions_sql(rows: int) -> str:
-    """``INSERT`` of ``rows`` executions, skipping keys already stored."""
+@functools.lru_cache(maxsize=128)
+def _insert_executions_sql(rows: int, postgres: bool) -> str:
+    """``INSERT`` of ``rows`` executions, skipping keys already stored; on PostgreSQL it
+    returns the keys it inserted (see Store._insert_postgres)."""
     one = "(" + ", ".join("?" * len(_EXECUTION_COLUMNS)) + ")"
-    return (
+    sql = (
         f'INSERT INTO "executions" ({_quoted(_EXECUTION_COLUMNS)}) VALUES '
         f"{', '.join([one] * rows)} ON CONFLICT ({_quoted(_EXECUTION_KEY)}) DO NOTHING"
     )
+    if not postgres:
+        return sql
+    return _postgres_sql(f"{sql} RETURNING {_quoted(_EXECUTION_KEY)}")
 
 
 def _execution_row(execution: Execution) -> tuple[Any, ...]:
@@ -1505,6 +1773,34 @@ def _execution_row(execution: Execution) -> tuple[Any, ...]:
         execution.trigger.value,
         int(execution.final),
     )
+
+
+def _postgres_execution_row(execution: Execution) -> tuple[Any, ...]:
+    """:func:`_execution_row` as PostgreSQL stores it: the output as UTF-8 bytes (``BYTEA``),
+    ``final`` a boolean."""
+    return (
+        execution.task_id.hex,
+        execution.agent_id.hex,
+        _micros(execution.scheduled_at),
+        _micros(execution.started_at),
+        _micros(execution.finished_at),
+        execution.status.value,
+        execution.exit_code,
+        execution.stdout.encode(),
+        execution.stderr.encode(),
+        execution.stdout_dropped,
+        execution.stderr_dropped,
+        execution.attempt,
+        execution.trigger.value,
+        execution.final,
+    )
+
+
+def _transaction_conflict(error: BaseException) -> bool:
+    """A PostgreSQL transaction aborted to break a deadlock or a serialization conflict
+    (peewee wraps the driver's error, its first argument): running it again is safe."""
+    cause = error.args[0] if error.args else None
+    return isinstance(cause, psycopg2.extensions.TransactionRollbackError)
 
 
 def _micros(moment: datetime) -> int:
@@ -1554,7 +1850,8 @@ def _timed_record(
 
 
 class AsyncStore:
-    """The one door from trio to the :class:`Store`: a worker thread per call, one at a time.
+    """The one door from trio to the :class:`Store`: a worker thread per call, one at a time on
+    SQLite, up to :attr:`Store.concurrency` at once on PostgreSQL (a pooled connection each).
 
     ``await store.call(Store.get_task, task_id)`` runs ``Store.get_task(store, task_id)`` in a
     thread. Calls are not abandoned on cancellation: a write that started is finished (and
@@ -1568,7 +1865,7 @@ class AsyncStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._limiter = trio.CapacityLimiter(1)
+        self._limiter = trio.CapacityLimiter(store.concurrency)
         #: Writes waiting for the next flush, and whether some caller is flushing (or has been
         #: asked to flush next).
         self._queue: list[_QueuedWrite] = []
@@ -1685,8 +1982,10 @@ class AsyncStore:
         try:
             results, self._last_seconds = await self.call(_timed_record, executions, seen_at)
         except Exception as error:
-            if len(batch) == 1:
-                batch[0].settle(error=error)
+            if len(batch) == 1 or isinstance(error, DatabaseUnavailable):
+                # (A database out of reach fails every write alike: no use trying each.)
+                for write in batch:
+                    write.settle(error=error)
                 return
             # One bad write must not fail the others: each again in a transaction of its own,
             # so that each caller gets its own outcome.

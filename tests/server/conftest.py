@@ -1,4 +1,8 @@
-"""Fixtures of the server tests: a real SQLite file, the app in-process, real HTTP peers.
+"""Fixtures of the server tests: a real database, the app in-process, real HTTP peers.
+
+``store`` is a real SQLite file, or, in a module marked
+``pytestmark = pytest.mark.databases("sqlite", "postgresql")``, each of those in turn (a fresh
+PostgreSQL schema per test: tests/databases.py; skipped without ``TSCHED_TEST_DATABASE_URL``).
 
 Helpers are handed out as fixtures because test modules cannot import each other
 (``--import-mode=importlib``): ``serve_asgi`` serves any ASGI app with hypercorn on a free
@@ -25,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from databases import KINDS, postgres_schema
 from processes import free_port
 from taskscheduler_server import AsyncStore, Store, create_app
 
@@ -158,9 +163,36 @@ async def wait_until(
 ServeAsgi = Callable[..., Awaitable[tuple[str, trio.CancelScope]]]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a test on each database its ``databases`` marker names (module-wide with
+    ``pytestmark``, or on the test itself, which wins); without one, on SQLite only."""
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "database_kind" in metafunc.fixturenames:
+        unknown = set(marker.args) - set(KINDS)
+        if unknown:
+            raise pytest.UsageError(f"unknown databases {sorted(unknown)}: known are {KINDS}")
+        metafunc.parametrize("database_kind", marker.args, indirect=True)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "server.sqlite") as opened:
+def database_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = getattr(request, "param", "sqlite")
+    return kind
+
+
+@pytest.fixture
+def database_location(database_kind: str, tmp_path: Path) -> Iterator[Path | str]:
+    """Where this test's store lives: a SQLite file, or a fresh PostgreSQL schema's URL."""
+    if database_kind == "postgresql":
+        with postgres_schema() as url:
+            yield url
+    else:
+        yield tmp_path / "server.sqlite"
+
+
+@pytest.fixture
+def store(database_location: Path | str) -> Iterator[Store]:
+    with Store(database_location) as opened:
         yield opened
 
 

@@ -1,13 +1,12 @@
 """Many reports at once: ``POST /api/v1/executions``, ``Store.record_executions`` and the group
 commit of ``AsyncStore`` (concurrent reports share one transaction, each gets its own result).
 
-Everything runs on a real SQLite file; the endpoint in-process (``httpx.ASGITransport``) and,
-once, over real HTTP on 127.0.0.1 with many concurrent reporters.
+Everything runs on a real SQLite file and on a real PostgreSQL schema; the endpoint in-process
+(``httpx.ASGITransport``) and, once, over real HTTP on 127.0.0.1 with many concurrent reporters.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -15,10 +14,12 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
+import peewee
 import pytest
 import trio
 import trio.testing
 
+from databases import count_rows
 from taskscheduler_core import (
     MAX_BATCH_EXECUTIONS,
     Agent,
@@ -30,6 +31,8 @@ from taskscheduler_core import (
     parse_frequency,
 )
 from taskscheduler_server import AsyncStore, ServerConfig, Store, TaskNotFound, create_app
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 JOIN = "join-token-for-batch-tests"
@@ -92,12 +95,8 @@ def refused(code: str, field: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def stored_count(store: Store) -> int:
-    connection = sqlite3.connect(f"{store.path.as_uri()}?mode=ro", uri=True)
-    try:
-        (count,) = connection.execute("SELECT count(*) FROM executions").fetchone()
-    finally:
-        connection.close()
-    return int(count)
+    """The executions committed, read on a connection of the test's own."""
+    return count_rows(store.location, "executions")
 
 
 # --- Store.record_executions -----------------------------------------------------------------
@@ -237,7 +236,9 @@ async def test_a_failing_write_fails_alone(
     store: Store, astore: AsyncStore, flushes: list[int]
 ) -> None:
     task, agent = make_task(store), uuid4()
-    # SQLite refuses an integer over 64 bits: this write fails, in whatever batch it is.
+    # The database refuses an integer over 64 bits (SQLite's driver with OverflowError,
+    # PostgreSQL with a DataError): this write fails, in whatever batch it is.
+    refusal = OverflowError if store.backend == "sqlite" else peewee.DataError
     bad = make_execution(task.id, agent, 99, exit_code=2**70)
     good = [make_execution(task.id, agent, n) for n in range(10)]
     unknown = make_execution(uuid4(), agent, 0)
@@ -246,7 +247,7 @@ async def test_a_failing_write_fails_alone(
     async def report(name: str, execution: Execution) -> None:
         try:
             outcomes[name] = await astore.record_execution(execution)
-        except (OverflowError, TaskNotFound) as error:
+        except (refusal, TaskNotFound) as error:
             outcomes[name] = error
 
     async with trio.open_nursery() as nursery:
@@ -256,7 +257,7 @@ async def test_a_failing_write_fails_alone(
         nursery.start_soon(report, "unknown", unknown)
         for number, execution in enumerate(good[5:], start=5):
             nursery.start_soon(report, f"good {number}", execution)
-    assert isinstance(outcomes.pop("bad"), OverflowError)
+    assert isinstance(outcomes.pop("bad"), refusal)
     assert isinstance(outcomes.pop("unknown"), TaskNotFound)
     assert outcomes == {f"good {number}": True for number in range(10)}
     assert stored_count(store) == 10
@@ -337,6 +338,7 @@ async def test_a_queued_write_is_committed_before_its_caller_sees_cancelled(
     assert await astore.record_execution(make_execution(task.id, agent, 101)) is True
 
 
+@pytest.mark.databases("sqlite")  # on PostgreSQL the flush does not wait for the other call
 async def test_a_flush_cancelled_before_it_reaches_the_database_still_writes(
     store: Store, astore: AsyncStore, flushes: list[int]
 ) -> None:

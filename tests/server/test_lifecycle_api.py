@@ -19,6 +19,8 @@ import pytest
 from taskscheduler_core import AgentStatus, parse_time
 from taskscheduler_server import AsyncStore, Dispatcher, Store, create_app
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 TASKS = "/api/v1/tasks"
 
 

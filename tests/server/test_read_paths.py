@@ -1,5 +1,6 @@
-"""The hand-written reads behind ``latest_output``, ``runs`` and ``executions`` on a real SQLite
-file, checked against what the rows say; and the dispatcher's fan-out to many idle agents.
+"""The hand-written reads behind ``latest_output``, ``runs`` and ``executions`` on real databases
+(SQLite and PostgreSQL), checked against what the rows say; and the dispatcher's fan-out to many
+idle agents.
 
 The reads are SQL written by hand for speed (see ``store.py``): these tests pin them to the
 meaning the peewee queries had, filter by filter, including the pages past the first.
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 import trio
 
 from taskscheduler_core import (
@@ -25,6 +27,8 @@ from taskscheduler_core import (
 )
 from taskscheduler_server import AsyncStore, Dispatcher, Store
 from taskscheduler_server.outputs import FIRST_PAGE, latest_output_of
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 #: Longer than the runs of a test span: only the agents' reports complete a run.

@@ -24,6 +24,8 @@ from taskscheduler_server import ServerConfig, Store, retention
 from taskscheduler_server.retention import prune_history, prune_once
 from taskscheduler_server.store import AsyncStore
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 AGENTS = (UUID(int=1), UUID(int=2))
 

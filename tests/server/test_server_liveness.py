@@ -28,6 +28,8 @@ from taskscheduler_core import (
 )
 from taskscheduler_server import AsyncStore, Store, watch_liveness
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ALIVE, LOST = AgentStatus.ALIVE, AgentStatus.LOST
 

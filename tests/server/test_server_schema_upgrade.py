@@ -17,8 +17,10 @@ from taskscheduler_core import (
     Overlap,
     RunPolicy,
     Targets,
+    Task,
     TaskState,
     Trigger,
+    parse_frequency,
 )
 from taskscheduler_server import ServerError, Store, latest_output_of
 from taskscheduler_server.store import SCHEMA_VERSION, to_micros
@@ -101,7 +103,7 @@ def test_an_issue_2_database_is_upgraded_on_open_with_nothing_lost(tmp_path: Pat
     task_id, agent_id = ids["task_id"], ids["agent_id"]
 
     with Store(path) as store:
-        assert user_version(path) == SCHEMA_VERSION == 5
+        assert user_version(path) == SCHEMA_VERSION == 6
         [agent] = store.list_agents()
         assert (agent.id, agent.status, agent.last_seen_at) == (agent_id, AgentStatus.ALIVE, START)
         [task] = store.list_tasks()
@@ -230,7 +232,7 @@ def test_an_issue_4_database_is_upgraded_to_options_labels_and_attempts(tmp_path
     first, second = ids["agents"]  # type: ignore[misc]
 
     with Store(path) as store:
-        assert user_version(path) == SCHEMA_VERSION == 5
+        assert user_version(path) == SCHEMA_VERSION == 6
         # the task has every option at its default, and is active
         [task] = store.list_tasks()
         assert (task.id, task.command, str(task.frequency)) == (
@@ -323,11 +325,40 @@ def test_a_version_4_database_gains_the_leases_table(tmp_path: Path) -> None:
         store.acquire_lease("work", "a", now=START, expires_at=START + timedelta(seconds=10))
     connection = sqlite3.connect(path)
     connection.execute("DROP TABLE leases")
+    connection.execute("ALTER TABLE tasks DROP COLUMN name_folded")  # added by version 6
     connection.execute("PRAGMA user_version = 4")
     connection.commit()
     connection.close()
     with Store(path) as store:
-        assert user_version(path) == SCHEMA_VERSION == 5
+        assert user_version(path) == SCHEMA_VERSION == 6
         assert store.lease_holder("work", now=START) is None
         assert store.acquire_lease("work", "b", now=START, expires_at=START + timedelta(seconds=1))
         assert store.lease_holder("work", now=START) == ("b", START + timedelta(seconds=1))
+
+
+def test_a_version_5_database_gains_the_folded_names_it_searches(tmp_path: Path) -> None:
+    path = tmp_path / "server.sqlite3"
+    with Store(path) as store:
+        for name in ("Straße nightly", "plain", None):
+            task = Task(
+                id=uuid4(),
+                command="true",
+                frequency=parse_frequency("every 10 seconds"),
+                anchor=START,
+                created_at=START,
+                name=name,
+            )
+            store.create_task(task)
+    connection = sqlite3.connect(path)
+    connection.execute("ALTER TABLE tasks DROP COLUMN name_folded")
+    connection.execute("PRAGMA user_version = 5")
+    connection.commit()
+    connection.close()
+    with Store(path) as store:
+        assert user_version(path) == SCHEMA_VERSION == 6
+        # Python's folding: ß is ss, so STRASSE finds it
+        assert [t.name for t in store.find_tasks(name="STRASSE")] == ["Straße nightly"]
+        assert sorted(t.name or "" for t in store.find_tasks(name="a")) == [
+            "Straße nightly",
+            "plain",
+        ]

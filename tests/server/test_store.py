@@ -1,7 +1,9 @@
-"""The store on a real SQLite file: assignment rules, idempotence, exact times, reopening."""
+"""The store on a real SQLite file and a real PostgreSQL schema: assignment rules, idempotence,
+exact times, reopening."""
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +20,8 @@ from taskscheduler_core import (
     parse_frequency,
 )
 from taskscheduler_server import AsyncStore, ServerError, Store, TaskNotFound
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -51,6 +55,7 @@ def make_execution(
     return Execution(**values)  # type: ignore[arg-type]
 
 
+@pytest.mark.databases("sqlite")
 def test_schema_and_durability_settings(store: Store) -> None:
     connection = sqlite3.connect(store.path)
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
@@ -254,8 +259,8 @@ def test_recent_runs_newest_first_with_limit_and_paging(store: Store) -> None:
     assert store.recent_runs(uuid4(), limit=3) == []
 
 
-def test_everything_survives_reopening_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "server.sqlite"
+def test_everything_survives_reopening_the_file(database_location: Path | str) -> None:
+    path = database_location
     agent = make_agent()
     task = make_task(START + timedelta(seconds=1))
     delivered_task = make_task(START + timedelta(seconds=2))
@@ -320,3 +325,24 @@ def test_recent_runs_ran_only_passes_over_any_number_of_skipped_runs(store: Stor
     assert run.scheduled_at == START + timedelta(seconds=1)
     assert {e.agent_id for e in run.executions} == {ran, other}
     assert len(store.recent_runs(task.id, limit=1000)) == 301
+
+
+@pytest.mark.databases("sqlite")  # the same class on both: no database needed
+def test_every_public_method_is_one_guarded_call_on_the_database() -> None:
+    """On PostgreSQL a method that skipped Store._guarded would run without a connection (or
+    leak one), and its failures would not be DatabaseUnavailable."""
+    from taskscheduler_server.store import _UNGUARDED
+
+    methods = {
+        name: member
+        for name, member in vars(Store).items()
+        if not name.startswith("_") and inspect.isfunction(member)
+    }
+    assert len(methods) > 40
+    guarded = {
+        name
+        for name, member in methods.items()
+        if member.__name__ == name and hasattr(member, "__wrapped__")
+    }
+    assert guarded == methods.keys() - _UNGUARDED
+    assert set(_UNGUARDED) == {"close"}

@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import attrs
+import pytest
 
 from taskscheduler_core import Agent, Targets, Task, TaskState, parse_recurrence
 from taskscheduler_server import Store
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

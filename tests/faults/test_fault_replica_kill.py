@@ -1,0 +1,157 @@
+"""Two server replicas on one PostgreSQL schema; the lease holder is SIGKILLed.
+
+Topology: replica ``a`` (the holder) and replica ``b``, agent ``one`` reporting to ``a`` and agent
+``two`` to ``b``, one task ``every 1 seconds``. ``a`` is killed: ``b`` must take the lease within
+the lease time (the failover is measured, from the kill to ``b``'s ``/readyz`` saying it holds
+it); a task created through ``b`` during the failover must reach both agents (``one`` too, whose
+own server is dead) and run there; ``one`` keeps its reports on disk until ``a`` is started
+again. Then each agent's own record of what it ran (its journal) is compared with the shared
+executions table: nothing missing, nothing twice, nothing stored that was not run.
+
+Skipped without ``TSCHED_TEST_DATABASE_URL`` (tests/databases.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from databases import query
+from processes import (
+    FAST_SERVER_FLAGS,
+    AgentService,
+    Cluster,
+    ServerService,
+    StoredExecution,
+    free_port,
+    micros,
+    wait_until,
+)
+
+pytestmark = pytest.mark.faults
+
+#: The lease, short enough for the failover to be seen in seconds: renewed every 2/3 s.
+LEASE_SECONDS = 2.0
+
+
+class Replica(ServerService):
+    """A ``tsched server`` on the shared PostgreSQL schema, with its replica id."""
+
+    def __init__(self, name: str, *, database_url: str, root: Path) -> None:
+        super().__init__(
+            "server",
+            port=free_port(),
+            data_dir=root / name,
+            logs=root,
+            flags=(
+                *FAST_SERVER_FLAGS,
+                "--lease-seconds",
+                str(LEASE_SECONDS),
+                "--replica-id",
+                name,
+            ),
+            env={"TSCHED_DATABASE": database_url},
+        )
+        self.name = name
+        self.database_url = database_url
+
+    def lease(self) -> dict[str, Any]:
+        """The lease as this replica sees it (``GET /readyz``)."""
+        response = httpx.get(f"{self.url}/readyz", timeout=2.0)
+        assert response.status_code == 200, response.text
+        lease: dict[str, Any] = response.json()["lease"]
+        return lease
+
+    def executions(self) -> list[StoredExecution]:
+        """Every execution stored in the shared database, by whichever replica."""
+        rows = query(
+            self.database_url,
+            "SELECT task_id, agent_id, scheduled_at, status, started_at FROM executions",
+        )
+        return [
+            StoredExecution(
+                key=(uuid.UUID(task_id), uuid.UUID(agent_id), micros(scheduled_at)),
+                status=status,
+                started_at=micros(started_at) / 1e6,
+                stderr="",
+            )
+            for task_id, agent_id, scheduled_at, status, started_at in rows
+        ]
+
+
+def ran(agent: AgentService, task: uuid.UUID) -> int:
+    """How many executions of ``task`` the agent has journaled."""
+    return len([entry for entry in agent.journal() if entry.key[0] == task])
+
+
+def test_lease_holder_killed_the_other_replica_takes_over_and_nothing_is_lost_or_doubled(
+    database_url: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    a = Replica("a", database_url=database_url, root=tmp_path)
+    b = Replica("b", database_url=database_url, root=tmp_path)
+    # The cluster's own (SQLite) server is replaced by the two replicas; it reads the
+    # executions through the one it calls its server, and kills them all at the end.
+    cluster.services.remove(cluster.server)
+    cluster.services[:0] = [a, b]
+    cluster.server = a
+    a.start()  # first: it takes the lease at once
+    b.start()
+    assert a.lease() == {"replica": "a", "held": True, "holder": "a"}
+    assert b.lease() == {"replica": "b", "held": False, "holder": "a"}
+
+    one, two = cluster.agent("one"), cluster.agent("two")
+    one.start_with(a.url, wait=False)
+    two.start_with(b.url, wait=False)
+    one.wait_healthy()
+    two.wait_healthy()
+    cluster.wait_alive(one, two)
+    first = a.create("echo first $TSCHED_AGENT_ID", "every 1 seconds")
+    wait_until(
+        lambda: all(ran(agent, first) >= 2 for agent in (one, two)),
+        timeout=10,
+        what="both agents to run the first task twice",
+    )
+
+    assert a.lease()["held"], "a is still the holder when it is killed"
+    a.kill()
+    killed_at = time.monotonic()
+    cluster.server = b
+    # Created during the failover, through the replica that does not hold the lease yet.
+    second = b.create("echo second $TSCHED_AGENT_ID", "every 1 seconds")
+    wait_until(lambda: b.lease()["held"], timeout=3 * LEASE_SECONDS, what="b to take the lease")
+    failover = time.monotonic() - killed_at
+    print(f"\nfailover: holder SIGKILLed -> the other replica holds the lease in {failover:.2f} s")
+    assert failover <= LEASE_SECONDS + 0.5, f"failover took {failover:.2f} s"
+
+    wait_until(
+        lambda: all(second in agent.tasks() for agent in (one, two)),
+        timeout=5,
+        what="the task created during the failover to reach both agents",
+    )
+    reached = time.monotonic() - killed_at
+    wait_until(
+        lambda: all(ran(agent, second) >= 2 for agent in (one, two)),
+        timeout=10,
+        what="both agents to run the task created during the failover",
+    )
+    print(f"the task created during the failover was on both agents {reached:.2f} s after the kill")
+    assert one.outbox(), "agent one's server is dead: its reports wait on its disk"
+
+    a.start()  # a new life of replica a: b keeps the lease; one delivers what it kept
+    assert a.lease() == {"replica": "a", "held": False, "holder": "b"}
+    cluster.settle(one, two)
+    result = cluster.account(
+        f"lease holder SIGKILLed (2 replicas on PostgreSQL, lease {LEASE_SECONDS:g} s), "
+        "2 agents run `every 1 seconds`",
+        one,
+        two,
+        note=f"failover {failover:.2f} s",
+    )
+    stored_tasks = {execution.key[0] for execution in b.executions()}
+    assert stored_tasks == {first, second}
+    assert result.run >= 8
