@@ -24,6 +24,12 @@ body), served by hypercorn's trio worker in its own process with the settings of
 (``taskscheduler_server.serve.hypercorn_config``). Run it with::
 
     python -m benchmarks.ingest --seconds 10 --tasks 100 --connections 32 --shapes 0 100 500
+
+``--postgresql URL`` stores in PostgreSQL instead (a fresh schema of that database, dropped at
+the end; the server's pool and commits are PostgreSQL's: ``synchronous_commit`` as the server
+is configured)::
+
+    python -m benchmarks.ingest --postgresql postgresql://root@127.0.0.1:5432/test
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -46,6 +53,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote, urlencode
 from uuid import UUID, uuid4
 
 import httpx
@@ -378,13 +386,49 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _stored(database: Path) -> int:
-    """Rows of the server's executions table, read-only beside the running server."""
+def _stored(database: Path | str) -> int:
+    """Rows of the server's executions table, read beside the running server."""
+    if isinstance(database, str):  # a PostgreSQL URL
+        import psycopg2
+
+        with (
+            contextlib.closing(psycopg2.connect(database)) as connection,
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SELECT count(*) FROM executions")
+            (count,) = cursor.fetchone()
+        return int(count)
     with contextlib.closing(
         sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=10.0)
     ) as connection:
         (count,) = connection.execute("SELECT count(*) FROM executions").fetchone()
         return int(count)
+
+
+@contextlib.contextmanager
+def _database(data: Path, postgresql: str | None) -> Iterator[Path | str]:
+    """The server's database: a SQLite file in ``data``, or a new schema of ``postgresql``
+    (dropped afterwards)."""
+    if postgresql is None:
+        yield data / "server" / "server.sqlite3"
+        return
+    import psycopg2
+
+    schema = f"tsched_bench_{secrets.token_hex(4)}"
+
+    def admin(statement: str) -> None:
+        with contextlib.closing(psycopg2.connect(postgresql)) as connection:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+
+    admin(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in postgresql else "?"
+    options = urlencode({"options": f"-csearch_path={schema}"}, quote_via=quote)
+    try:
+        yield f"{postgresql}{separator}{options}"
+    finally:
+        admin(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def measure(
@@ -394,14 +438,17 @@ def measure(
     seconds: float,
     shapes: list[int],
     profile: Path | None = None,
+    postgresql: str | None = None,
 ) -> dict[str, Any]:
     """Every figure of one run: the ceiling, then our server, per request shape (``0``:
     ``/complete``, one report a request; ``n``: ``/executions``, batches of ``n``)."""
-    with tempfile.TemporaryDirectory() as temporary:
+    with (
+        tempfile.TemporaryDirectory() as temporary,
+        _database(Path(temporary), postgresql) as database,
+    ):
         data = Path(temporary)
         bare_port, port = _free_port(), _free_port()
         bare_args = [sys.executable, "-m", "benchmarks.ingest", "bare", "--port", str(bare_port)]
-        database = data / "server" / "server.sqlite3"
         server_args = [TSCHED, "server", "--port", str(port), "--database", str(database)]
         # Retention off: every acknowledged report must still be there to be counted.
         server_args += ["--keep-runs", "0", "--keep-days", "0"]
@@ -436,6 +483,7 @@ def measure(
         for shape in ours
     }
     return {
+        "database": "postgresql" if postgresql else "sqlite",
         "tasks": tasks,
         "connections": connections,
         "seconds": seconds,
@@ -540,6 +588,9 @@ def main(argv: list[str] | None = None) -> None:
         help="0: one report a /complete request; N: batches of N to /executions",
     )
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of our server here")
+    parser.add_argument(
+        "--postgresql", metavar="URL", help="store in a new schema of this PostgreSQL database"
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "bare":
         serve_bare(arguments.port)
@@ -561,6 +612,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds=arguments.seconds,
             shapes=arguments.shapes,
             profile=arguments.profile,
+            postgresql=arguments.postgresql,
         )
         print(json.dumps(figures, indent=2))
 

@@ -30,7 +30,7 @@ from .outbox import DEFAULT_MEMORY_OUTBOX_LIMIT, MemoryOutbox, Outbox, SqliteOut
 from .recovery import INTERRUPTED, recover_interrupted
 from .registration import Heartbeat, heartbeat, register, stay_registered
 from .reporter import Reporter
-from .runner import SHELL, CommandResult, run_command
+from .runner import SECRET_VARIABLES, SHELL, CommandResult, command_environment, run_command
 from .serve import AgentStarted, run_agent
 from .state import (
     JOURNAL_RETENTION,
@@ -48,6 +48,7 @@ __all__ = [
     "JOURNAL_RETENTION",
     "KILLED_ON_SHUTDOWN",
     "MAX_BODY_BYTES",
+    "SECRET_VARIABLES",
     "SHELL",
     "STATE_FILE",
     "AgentConfig",
@@ -75,6 +76,7 @@ __all__ = [
     "StateError",
     "TaskRejected",
     "WallClock",
+    "command_environment",
     "create_app",
     "heartbeat",
     "kill_leftover_group",

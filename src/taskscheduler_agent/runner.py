@@ -31,6 +31,27 @@ from taskscheduler_core import DEFAULT_MAX_OUTPUT_BYTES, ExecutionStatus, Output
 #: The shell every command is run with.
 SHELL = "/bin/sh"
 
+#: Variables of the agent's environment that commands do not inherit: secrets given to
+#: ``tsched`` (the join token an agent registers with, the tokens and database URL of a server
+#: started from the same environment, as ``tsched up`` and a shared env file do). A task that
+#: runs ``env`` would otherwise print them into its output, which every reader of the API sees.
+SECRET_VARIABLES = frozenset(
+    {
+        "TSCHED_ADMIN_TOKEN",
+        "TSCHED_DATABASE",
+        "TSCHED_JOIN_TOKEN",
+        "TSCHED_READ_TOKEN",
+        "TSCHED_TOKEN",
+    }
+)
+
+
+def command_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment commands inherit from an agent running in ``environ``: all of it but
+    :data:`SECRET_VARIABLES`."""
+    return {name: value for name, value in environ.items() if name not in SECRET_VARIABLES}
+
+
 _CHUNK = 64 * 1024
 
 #: After a stop kills the group, how long output still held open (by a process that left the

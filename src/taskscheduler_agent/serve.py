@@ -36,6 +36,7 @@ from .outbox import SqliteOutbox
 from .recovery import recover_interrupted
 from .registration import stay_registered
 from .reporter import Reporter
+from .runner import command_environment
 from .state import STATE_FILE, AsyncAgentState
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ async def _run(
     engine = Engine(
         agent_id=agent_id,
         deliver=deliver,
-        env=os.environ,
+        env=command_environment(os.environ),
         max_output_bytes=config.max_output_bytes,
         kill_grace=config.kill_grace,
         store=state,

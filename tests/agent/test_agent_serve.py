@@ -14,7 +14,13 @@ import httpx
 import pytest
 import trio
 
-from taskscheduler_agent import AgentConfig, AgentStarted, load_or_create_agent_id, run_agent
+from taskscheduler_agent import (
+    SECRET_VARIABLES,
+    AgentConfig,
+    AgentStarted,
+    load_or_create_agent_id,
+    run_agent,
+)
 from taskscheduler_core import parse_time
 
 StartCollector = Callable[..., Awaitable[Any]]
@@ -130,3 +136,39 @@ async def test_a_port_in_use_fails_the_start(tmp_path: Path) -> None:
         with pytest.RaisesGroup(OSError, flatten_subgroups=True, allow_unwrapped=True):
             async with trio.open_nursery() as nursery:
                 await nursery.start(partial(run_agent, config))
+
+
+async def test_commands_do_not_inherit_the_tokens_given_to_tsched(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    start_collector: StartCollector,
+    wait_for: WaitFor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a shared env file or `tsched up` would give them: a task printing its environment
+    # must not put them in an output every reader of the API can see.
+    for name in SECRET_VARIABLES:
+        monkeypatch.setenv(name, f"secret-{name}")
+    monkeypatch.setenv("TSCHED_NOT_A_SECRET", "kept")
+    collector = await start_collector()
+    started: AgentStarted = await nursery.start(
+        run_agent, agent_config(tmp_path, server_url=collector.url)
+    )
+    task_id = str(uuid4())
+    async with httpx.AsyncClient(base_url=started.url) as http:
+        response = await http.post(
+            "/api/v1/tasks/schedule",
+            json={"task_id": task_id, "command": "env", "frequency": "every 1 seconds"},
+        )
+        assert response.status_code == 200, response.text
+    await wait_for(lambda: collector.reports_for(task_id))
+    printed = collector.reports_for(task_id)[0]["stdout"]
+    assert "TSCHED_NOT_A_SECRET=kept" in printed
+    assert "secret-" not in printed
+    assert {
+        "TSCHED_ADMIN_TOKEN",
+        "TSCHED_DATABASE",
+        "TSCHED_JOIN_TOKEN",
+        "TSCHED_READ_TOKEN",
+        "TSCHED_TOKEN",
+    } == SECRET_VARIABLES
