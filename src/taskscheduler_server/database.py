@@ -40,6 +40,8 @@ POSTGRES_CONCURRENCY = 8
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _PASSWORD = re.compile(r"(?P<head>://[^/?#@:]*:)[^/?#@]*@")
+#: A password given as a query parameter of the URL (``?password=…``, ``&sslpassword=…``).
+_PASSWORD_PARAMETER = re.compile(r"(?P<head>[?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 _SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -74,9 +76,14 @@ _POSTGRES_DEFAULTS = {
 #: until it ends: PostgreSQL ends it after this long.
 _POSTGRES_SESSION_DEFAULTS = {"idle_in_transaction_session_timeout": "30000"}
 
-#: PostgreSQL error classes that mean the connection, not the statement, failed: connection
-#: exceptions (08), the server shutting down or starting (57P01-57P03), too many connections.
-_CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+#: PostgreSQL error codes (and classes) that mean the database cannot serve now, rather than
+#: that the statement or a value was wrong, and that a retry later may succeed: connection
+#: exceptions (08), insufficient resources (53: disk full, out of memory, too many
+#: connections), operator intervention (57: the server shutting down or starting, a statement
+#: cancelled by statement_timeout or pg_cancel_backend), a lock not available in time (55P03:
+#: lock_timeout), a read-only transaction (25006: a standby, or a primary mid-failover) and
+#: system errors (58: I/O). They are answered 503, not 500, and never stop the server.
+_CONNECTION_SQLSTATES = ("08", "53", "57", "55P03", "25006", "58")
 
 
 def database_location(location: str | os.PathLike[str]) -> Path | str:
@@ -124,7 +131,8 @@ def describe_database(location: Path | str) -> str:
 
 
 def _redact(text: str) -> str:
-    return _PASSWORD.sub(r"\g<head>***@", text)
+    text = _PASSWORD.sub(r"\g<head>***@", text)
+    return _PASSWORD_PARAMETER.sub(r"\g<head>***", text)
 
 
 def first_line(error: BaseException) -> str:
@@ -195,9 +203,11 @@ def connection_failure(error: BaseException, database: peewee.Database) -> bool:
         cause = error.__context__
     if isinstance(cause, psycopg2.InterfaceError):
         return True
-    if isinstance(cause, psycopg2.OperationalError):
+    if isinstance(cause, psycopg2.Error):
         code = cause.pgcode
-        if code is None or code.startswith(_CONNECTION_SQLSTATES):
+        if code is None and isinstance(cause, psycopg2.OperationalError):
+            return True  # libpq's own: refused, lost, timed out
+        if code is not None and code.startswith(_CONNECTION_SQLSTATES):
             return True
     connection = getattr(getattr(database, "_state", None), "conn", None)
     return bool(getattr(connection, "closed", 0))

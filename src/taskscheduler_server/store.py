@@ -933,9 +933,20 @@ class Store:
         with self._db.atomic():
             lost = [_agent(row) for row in t.agent.select().where(condition)]
             if lost:
+                # The condition again: on PostgreSQL a heartbeat committed by another replica
+                # after the SELECT must keep its agent alive (the UPDATE sees it, and waits
+                # for one still in flight).
                 t.agent.update(status=AgentStatus.LOST.value).where(
-                    t.agent.id.in_([agent.id for agent in lost])
+                    t.agent.id.in_([agent.id for agent in lost]) & condition
                 ).execute()
+                still = {
+                    row.id
+                    for row in t.agent.select(t.agent.id).where(
+                        t.agent.id.in_([agent.id for agent in lost])
+                        & (t.agent.status == AgentStatus.LOST.value)
+                    )
+                }
+                lost = [agent for agent in lost if agent.id in still]
         return [attrs.evolve(agent, status=AgentStatus.LOST) for agent in lost]
 
     def oldest_alive_contact(self) -> datetime | None:

@@ -222,6 +222,69 @@ def test_integers_of_64_bits_fit(database_url: str) -> None:
         assert store.executions(task.id) == [big]
 
 
+def test_an_agent_heard_from_by_another_server_meanwhile_is_not_marked_lost(
+    database_url: str,
+) -> None:
+    import psycopg2
+
+    with Store(database_url) as store:
+        agent_id = uuid4()
+        store.upsert_agent(Agent(id=agent_id, url="http://127.0.0.1:1", registered_at=START))
+        heard = START + timedelta(minutes=5)
+        # Another replica's heartbeat, written but not committed yet when mark_lost reads.
+        other = psycopg2.connect(database_url)
+        try:
+            with other.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE agents SET status = 'alive', last_seen_at = %s WHERE id = %s",
+                    (
+                        int((heard - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e6),
+                        agent_id.hex,
+                    ),
+                )
+            marking = threading.Thread(
+                target=lambda: found.extend(store.mark_lost(heard - timedelta(minutes=1)))
+            )
+            found: list[Agent] = []
+            marking.start()
+            time.sleep(0.3)  # mark_lost has read the agent as silent, and waits for the row
+            other.commit()
+            marking.join(10)
+        finally:
+            other.close()
+        assert found == []
+        agent = store.get_agent(agent_id)
+        assert agent is not None
+        assert (agent.status.value, agent.last_seen_at) == ("alive", heard)
+
+
+@pytest.mark.parametrize(
+    ("setting", "statement"),
+    [
+        # lock_timeout (55P03): another session holds a lock longer than the role allows
+        ("-clock_timeout=100", "LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE"),
+        # statement_timeout (57014): the same wait, cancelled by the statement's own limit
+        ("-cstatement_timeout=100", "LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE"),
+    ],
+)
+def test_a_database_that_cannot_serve_now_is_unavailable_not_an_error(
+    database_url: str, setting: str, statement: str
+) -> None:
+    import psycopg2
+
+    with Store(with_option(database_url, setting)) as store:
+        holder = psycopg2.connect(database_url)
+        try:
+            with holder.cursor() as cursor:
+                cursor.execute(statement)
+            with pytest.raises(DatabaseUnavailable):
+                store.list_tasks()
+        finally:
+            holder.rollback()
+            holder.close()
+        assert store.list_tasks() == []  # and it serves again at once
+
+
 async def test_calls_run_side_by_side_on_pooled_connections(database_url: str) -> None:
     with Store(database_url) as store:
         astore = AsyncStore(store)

@@ -72,6 +72,12 @@ def test_a_password_never_shows() -> None:
     assert describe_database(url) == "postgresql://tsched:***@db:5432/tsched?sslmode=require"
     assert describe_database("postgresql://tsched@db/x") == "postgresql://tsched@db/x"
     assert describe_database(Path("/srv/server.sqlite3")) == "/srv/server.sqlite3"
+    # libpq also takes it (and the client key's) as query parameters.
+    in_query = "postgresql://tsched@db/x?sslmode=require&password=s3cr&sslpassword=k3y&port=1"
+    assert describe_database(in_query) == (
+        "postgresql://tsched@db/x?sslmode=require&password=***&sslpassword=***&port=1"
+    )
+    assert "s3cr" not in repr(ServerConfig(database=in_query))
     config = ServerConfig(database=url)
     assert config.database == url
     assert "s3cr" not in repr(config)
@@ -94,7 +100,8 @@ def test_tsched_server_refuses_a_malformed_database_as_a_usage_error(given: str)
 
 
 def test_tsched_server_names_its_unreachable_database_in_one_line_and_exits_1() -> None:
-    url = f"postgresql://tsched:hunter2@127.0.0.1:{free_port()}/tsched"  # nothing listens there
+    # Nothing listens there; the password in both places libpq takes it.
+    url = f"postgresql://tsched:hunter2@127.0.0.1:{free_port()}/tsched?sslpassword=hunter3"
     finished = subprocess.run(
         [TSCHED, "server", "--port", str(free_port()), "--database", url],
         capture_output=True,
@@ -106,4 +113,4 @@ def test_tsched_server_names_its_unreachable_database_in_one_line_and_exits_1() 
     lines = finished.stderr.strip().splitlines()
     assert len(lines) == 1, finished.stderr
     assert "cannot reach the database postgresql://tsched:***@127.0.0.1:" in lines[0]
-    assert "hunter2" not in finished.stderr + finished.stdout
+    assert "hunter" not in finished.stderr + finished.stdout
