@@ -55,6 +55,10 @@ def _has_host(url: str) -> bool:
 
 
 def _agent_url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # Control characters first: HTTP clients refuse a URL with one (it could never be dialled),
+    # and PostgreSQL cannot store a NUL in a text column.
+    if any(char.isascii() and not char.isprintable() for char in value):
+        raise WireError("must not contain control characters", field=attribute.name)
     # A URL without a host ("http://") would be stored and then dialled forever.
     if (
         not value.startswith(("http://", "https://"))

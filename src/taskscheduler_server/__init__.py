@@ -18,7 +18,7 @@ from .outputs import latest_output_of
 from .reconcile import Reconciler, Reconciliation
 from .records import Assignment
 from .serve import serve
-from .store import AsyncStore, Store
+from .store import AsyncStore, Store, StoreSlot
 
 __all__ = [
     "ApiError",
@@ -35,6 +35,7 @@ __all__ = [
     "ServerError",
     "ServerMetrics",
     "Store",
+    "StoreSlot",
     "TaskNotFound",
     "create_app",
     "latest_output_of",

@@ -15,7 +15,6 @@ Beside the API: ``GET /healthz`` (the process answers; never touches the databas
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -83,7 +82,7 @@ from .metrics import CONTENT_TYPE, ServerMetrics, count_agents
 from .outputs import latest_output_of
 from .queries import Query, encode_cursor, execution_cursor, run_cursor, task_cursor
 from .reconcile import Reconciler
-from .store import AsyncStore, Store, to_micros
+from .store import AsyncStore, Store, StoreSlot, to_micros
 
 logger = logging.getLogger("taskscheduler.server.app")
 
@@ -154,7 +153,7 @@ class _Api:
         #: 503s were answered since.
         self._unavailable_logged_at = -math.inf
         self._unavailable_since_log = 0
-        self._probes = trio.CapacityLimiter(1)
+        self._probes = StoreSlot(abandon_on_cancel=True)
 
     # -- reading requests ----------------------------------------------------------------
 
@@ -670,19 +669,14 @@ class _Api:
         """``method(store)`` for a probe (``/readyz``, ``/metrics``), which its caller may give
         up on (a cancel scope's deadline) however long the database takes.
 
-        A store that takes concurrent calls (PostgreSQL, pooled) runs it in a thread of its
-        own, abandoned on cancellation: a connection attempt to a partitioned database waits
-        for its connect timeout, and the probe must answer sooner. One at a time, so that the
-        abandoned ones of a long outage cannot pile up. SQLite's single connection must not be
-        used beside the store's own calls; it does not wait on a network either.
+        A store that takes concurrent calls (PostgreSQL, pooled) runs it apart from the API's
+        calls (:meth:`AsyncStore.call_apart`), abandoned on cancellation: a connection attempt
+        to a partitioned database waits for its connect timeout, and the probe must answer
+        sooner. One at a time, so that the abandoned ones of a long outage cannot pile up.
+        SQLite's single connection must not be used beside the store's own calls; it does not
+        wait on a network either.
         """
-        if self.store.store.concurrency == 1:
-            return await self.store.call(method)
-        return await trio.to_thread.run_sync(
-            functools.partial(method, self.store.store),
-            limiter=self._probes,
-            abandon_on_cancel=True,
-        )
+        return await self.store.call_apart(self._probes, method)
 
     async def metrics_page(self, request: Request) -> Response:
         """The Prometheus text: the counters kept in memory, the agents by status read now
@@ -863,4 +857,7 @@ def create_app(
             HTTPException: _http_error,
             Exception: _internal_error,
         },
+        # While served, the guard loads the agents' credentials and looks up those that other
+        # replicas issue as the dispatcher needs them (Guard.keep_fresh).
+        lifespan=api.guard.lifespan,
     )

@@ -10,20 +10,28 @@ Callers present ``Authorization: Bearer <token>``:
 Without an admin token the client endpoints are open; without a join token the agent endpoints
 are (both only allowed on loopback, see :func:`check_exposure`). Tokens are compared in constant
 time and never logged; of an agent credential only its SHA-256 is stored.
+
+Replicas sharing a database each keep the credentials in memory and look up in the store those
+another replica issued (:class:`Guard`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import logging
 import secrets
 import stat
+from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
+from typing import Generic, TypeVar
 from uuid import UUID
 
 import attrs
 import trio
 from starlette.requests import Request
 
+from taskscheduler_core import ApiError as CoreApiError
 from taskscheduler_core import (
     TokenFile,
     TokenFileError,
@@ -36,9 +44,21 @@ from taskscheduler_core import (
     unauthorized,
 )
 
-from .errors import ServerError
+from .errors import DatabaseUnavailable, ServerError
 from .records import AgentCredential
 from .store import AsyncStore, Store
+
+logger = logging.getLogger("taskscheduler.server.auth")
+
+K = TypeVar("K", bound=Hashable)
+
+#: How long (seconds) a token digest or an agent id that the store did not have is taken as
+#: unknown without asking it again: a caller repeating a wrong token is answered from memory.
+UNKNOWN_SECONDS = 5.0
+#: At most this many unknowns are remembered (the oldest are forgotten first).
+MAX_UNKNOWN = 4096
+#: How long :meth:`Guard.keep_fresh` waits before trying an unreachable database again.
+RETRY_SECONDS = 1.0
 
 
 class Role(enum.Enum):
@@ -62,6 +82,30 @@ class IssuedCredential:
 
     agent_token: str = attrs.field(repr=False)
     server_token: str = attrs.field(repr=False)
+
+
+class _Unknown(Generic[K]):
+    """Keys the store was asked for and did not have, each for :data:`UNKNOWN_SECONDS` of trio
+    time, at most :data:`MAX_UNKNOWN` of them."""
+
+    def __init__(self) -> None:
+        # In insertion order, which is expiry order: every entry lives as long.
+        self._until: dict[K, float] = {}
+
+    def __contains__(self, key: K) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= trio.current_time():
+            del self._until[key]
+            return False
+        return True
+
+    def add(self, key: K) -> None:
+        self._until.pop(key, None)
+        if len(self._until) >= MAX_UNKNOWN:
+            del self._until[next(iter(self._until))]
+        self._until[key] = trio.current_time() + UNKNOWN_SECONDS
 
 
 class TokenFileRefused(ServerError, ValueError):
@@ -113,7 +157,16 @@ def check_exposure(
 
 
 class Guard:
-    """Authenticates requests and keeps the agents' credentials (a cache of the store's)."""
+    """Authenticates requests, and keeps the agents' credentials: a cache of the store's.
+
+    The store is the truth: replicas sharing a database issue credentials into it, each
+    unaware of the others'. So a credential this replica does not know is looked up there
+    before it is refused — a token at its first use here (:meth:`caller`), an agent to push
+    to (:meth:`agent_headers`, through :meth:`keep_fresh`), an id to register
+    (:meth:`issue`) — and what the store did not have is remembered as unknown for
+    :data:`UNKNOWN_SECONDS`. A credential, once issued, never changes (an agent id gets one),
+    so what the cache holds is never stale; a known token costs no store call.
+    """
 
     def __init__(
         self,
@@ -128,9 +181,19 @@ class Guard:
         self.read_token = read_token
         self.join_token = join_token
         self._agent_by_digest: dict[str, UUID] = {}
+        self._digests: dict[UUID, str] = {}
         self._server_tokens: dict[UUID, str] = {}
         self._loaded = False
         self._lock = trio.Lock()
+        self._unknown_digests: _Unknown[str] = _Unknown()
+        self._unknown_agents: _Unknown[UUID] = _Unknown()
+        # Tokens seen for the first time are looked up one at a time: a flood of made-up
+        # tokens (each one new, so never remembered as unknown) costs the database one
+        # indexed query at a time, however fast it comes.
+        self._lookups = trio.CapacityLimiter(1)
+        #: The agents :meth:`agent_headers` had no credential for, for :meth:`keep_fresh`.
+        self._wanted: set[UUID] = set()
+        self._wanted_changed = trio.Event()
 
     @property
     def clients_open(self) -> bool:
@@ -141,6 +204,9 @@ class Guard:
         return self.join_token is None
 
     async def _load(self) -> None:
+        """Every credential of the store, once (the lookups below then add the new ones)."""
+        if self._loaded:
+            return
         async with self._lock:
             if self._loaded:
                 return
@@ -149,17 +215,102 @@ class Guard:
             self._loaded = True
 
     def _remember(self, credential: AgentCredential) -> None:
-        old = self._server_tokens.get(credential.agent_id)
-        if old is not None:
-            for digest in [d for d, a in self._agent_by_digest.items() if a == credential.agent_id]:
-                del self._agent_by_digest[digest]
+        old = self._digests.get(credential.agent_id)
+        if old is not None and old != credential.token_sha256:
+            del self._agent_by_digest[old]  # a replaced credential (none is, today)
         self._agent_by_digest[credential.token_sha256] = credential.agent_id
+        self._digests[credential.agent_id] = credential.token_sha256
         self._server_tokens[credential.agent_id] = credential.server_token
 
+    async def _agent_with_digest(self, digest: str) -> UUID | None:
+        """The agent whose token has the SHA-256 ``digest``: known here, or issued by another
+        replica (looked up in the store), or ``None``."""
+        agent_id = self._agent_by_digest.get(digest)
+        if agent_id is not None or digest in self._unknown_digests:
+            return agent_id
+        async with self._lookups:
+            # Another request with the same token may have looked it up meanwhile.
+            agent_id = self._agent_by_digest.get(digest)
+            if agent_id is not None or digest in self._unknown_digests:
+                return agent_id
+            credential = await self._store.call(Store.credential_by_digest, digest)
+            if credential is None:
+                self._unknown_digests.add(digest)
+                return None
+            self._remember(credential)
+            return credential.agent_id
+
     def agent_headers(self, agent_id: UUID) -> dict[str, str]:
-        """What the server presents to agent ``agent_id`` (nothing if it has no credential)."""
+        """What the server presents to agent ``agent_id`` (nothing if it has no credential).
+
+        Synchronous, for the dispatcher and the reconciler: an agent not known here (it
+        registered through another replica) gets nothing this time, and is looked up by
+        :meth:`keep_fresh` at once, for the next attempt (the dispatcher retries a refused
+        push after its backoff, 0.5 s at first).
+        """
         token = self._server_tokens.get(agent_id)
-        return {} if token is None else {"Authorization": f"Bearer {token}"}
+        if token is None:
+            if agent_id not in self._unknown_agents:
+                self._wanted.add(agent_id)
+                self._wanted_changed.set()
+            return {}
+        return {"Authorization": f"Bearer {token}"}
+
+    async def keep_fresh(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Load every credential, then look up the agents :meth:`agent_headers` missed as
+        they come, until cancelled; started once the first load was tried.
+
+        Run beside the app by its lifespan (:meth:`lifespan`). A database that cannot be
+        reached is tried again every :data:`RETRY_SECONDS`.
+        """
+        started = False
+        while True:
+            fresh = await self._refresh()
+            if not started:
+                task_status.started()
+                started = True
+            if fresh:
+                await self._wanted_changed.wait()
+            else:
+                await trio.sleep(RETRY_SECONDS)
+
+    async def _refresh(self) -> bool:
+        """Load, and look up the agents wanted; ``False`` if the database is unreachable."""
+        self._wanted_changed = trio.Event()
+        try:
+            await self._load()
+            wanted = [agent_id for agent_id in self._wanted if agent_id not in self._server_tokens]
+            found = await self._store.call(Store.agent_credentials, wanted) if wanted else []
+        except DatabaseUnavailable as error:
+            logger.warning(
+                "cannot read the agents' credentials (%s); trying again in %g s",
+                error,
+                RETRY_SECONDS,
+            )
+            return False
+        for credential in found:
+            self._remember(credential)
+        for agent_id in wanted:
+            if agent_id not in self._server_tokens:
+                self._unknown_agents.add(agent_id)
+        # Those wanted again meanwhile were just looked up; those new since are kept.
+        looked_up = set(wanted)
+        self._wanted = {
+            agent_id
+            for agent_id in self._wanted
+            if agent_id not in looked_up and agent_id not in self._server_tokens
+        }
+        return True
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """The app's lifespan (``create_app``): :meth:`keep_fresh` runs while it is served."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.keep_fresh)
+            yield
+            nursery.cancel_scope.cancel()
 
     async def caller(self, request: Request) -> Caller | None:
         """Who presented the request's token; ``None`` for no token or an unknown one."""
@@ -179,8 +330,8 @@ class Guard:
         if matches:
             return Caller(matches[0])
         await self._load()
-        # A dictionary lookup by digest: the digest of a guess tells nothing about a real token.
-        agent_id = self._agent_by_digest.get(token_digest(token))
+        # Looked up by digest: the digest of a guess tells nothing about a real token.
+        agent_id = await self._agent_with_digest(token_digest(token))
         return None if agent_id is None else Caller(Role.AGENT, agent_id)
 
     async def _known_caller(self, request: Request) -> Caller:
@@ -241,23 +392,24 @@ class Guard:
 
         The join token (or the admin token) registers an agent that has no credential yet; an
         agent that has one registers again with it, and with it only: taking over an agent's id
-        (and so its reports) is refused, whatever the token.
+        (and so its reports) is refused, whatever the token. An id known here is refused at
+        once; any other is settled by the store when :meth:`issue` stores its credential.
         """
         if caller is None:
             return False
         if caller.role is Role.AGENT:
             self.check_speaks_for(caller, agent_id)
             return False
-        await self._load()
         if agent_id in self._server_tokens:
-            raise forbidden(
-                f"agent {agent_id} already has a credential: register with it (a new id needs "
-                "a new data directory)"
-            )
+            raise _taken(agent_id)
         return True
 
     async def issue(self, agent_id: UUID) -> IssuedCredential:
-        """New credentials for ``agent_id``, stored (the agent's as a digest) and remembered."""
+        """New credentials for ``agent_id``, stored (the agent's as a digest) and remembered.
+
+        Refused (403) if the agent has one already, which the store decides: another replica
+        may have issued it, even at this very moment (of two, one stores its credential).
+        """
         issued = IssuedCredential(
             agent_token=secrets.token_urlsafe(32), server_token=secrets.token_urlsafe(32)
         )
@@ -266,7 +418,14 @@ class Guard:
             token_sha256=token_digest(issued.agent_token),
             server_token=issued.server_token,
         )
-        await self._load()
-        await self._store.call(Store.set_agent_credential, credential)
+        if not await self._store.call(Store.add_agent_credential, credential):
+            raise _taken(agent_id)
         self._remember(credential)
         return issued
+
+
+def _taken(agent_id: UUID) -> CoreApiError:
+    return forbidden(
+        f"agent {agent_id} already has a credential: register with it (a new id needs a new "
+        "data directory)"
+    )

@@ -26,6 +26,15 @@ every ``poll_interval`` (0.5 s), not only when poked. The others run it *standin
 own API, which live in their memory; a run that an agent refuses for lack of the task marks the
 assignment undelivered, and the holder pushes it at its next look.
 
+An agent that registers (or comes back) through another replica pokes only that replica, whose
+dispatcher does not push. So at each look, while some of its lanes back off, the holder also
+reads when those agents were last heard from (one query on the agents' primary key): a lane
+whose agent was heard from (a registration, heartbeat or report, through any replica) since its
+last attempt began tries again at once, and if that attempt gets through, the agent is handed
+to the reconciler (``on_reachable_again``), as a registration through the holder would be.
+Such an attempt does not restart the backoff: an agent that is up but cannot be reached from
+here (a wrong URL, a firewall) is tried once more per heartbeat, not hammered.
+
 A new task goes to all its agents at once, so the store calls around the pushes are batched:
 the watcher reads the work of every idle lane in one call, and the acknowledgments that come
 meanwhile are recorded in one call. One call per lane would queue them one behind the other
@@ -69,6 +78,10 @@ logger = logging.getLogger("taskscheduler.server.dispatch")
 
 def _no_headers(agent_id: UUID) -> dict[str, str]:
     return {}
+
+
+def _nobody(agent_id: UUID) -> None:
+    pass
 
 
 SCHEDULE_PATH = "/api/v1/tasks/schedule"
@@ -131,6 +144,11 @@ class _Lane:
     #: Waiting for work after a round that delivered everything (or before its first round):
     #: the watcher may then read the lane's work for it, with other idle lanes' (see ``work``).
     idle: bool = True
+    #: When (the server's clock) the last delivery attempt began.
+    attempted_at: datetime | None = None
+    #: Woken because the agent was heard from through some replica while backing off: if the
+    #: next attempt gets through, the agent is reconciled.
+    heard_from: bool = False
     #: The undelivered assignments the watcher read for this lane, which its next round pushes
     #: instead of reading its own. Read after the change that woke the lane, so as fresh as the
     #: lane's own read would be; a stale one can only push a task twice (harmless: scheduling
@@ -145,6 +163,12 @@ class _Lane:
             self.work = None
         if urgent or not self.backing_off:
             self.wakeup.set()
+
+    def agent_heard_from(self) -> None:
+        """The agent was heard from since the last attempt began: try again now, without
+        restarting the backoff (see the module's docstring)."""
+        self.heard_from = True
+        self.wakeup.set()
 
 
 @attrs.define(eq=False)
@@ -195,6 +219,9 @@ class Dispatcher:
         self._clock = clock
         #: The headers that authenticate the server to an agent (set by ``create_app``).
         self.agent_headers: Callable[[UUID], dict[str, str]] = _no_headers
+        #: Called with an agent that was heard from through some replica while its lane backed
+        #: off, once it is reachable again (``serve()`` sets the reconciler's ``notify``).
+        self.on_reachable_again: Callable[[UUID], None] = _nobody
         #: Pushing assignments (this replica holds the lease), or only sending manual runs.
         self._leading = False
         self._lanes: dict[UUID, _Lane] = {}
@@ -309,6 +336,27 @@ class Dispatcher:
                 if lane.idle and lane.agent_id in work:  # still idle: nothing read it since
                     lane.work = work[lane.agent_id]
                 lane.wake(urgent=False)
+            if self._leading:
+                await self._wake_agents_heard_from()
+
+    async def _wake_agents_heard_from(self) -> None:
+        """Wake the lanes backing off whose agent was heard from since their last attempt
+        began: it registered, or came back, maybe through another replica (which could not
+        wake them). One query, and none while no lane backs off."""
+        waiting = [lane.agent_id for lane in self._lanes.values() if lane.backing_off]
+        if not waiting:
+            return
+        seen = await self._store.call(Store.last_seen, waiting)
+        for agent_id, seen_at in seen.items():
+            lane = self._lanes.get(agent_id)
+            # Checked again after the query: the lane may have tried (or stopped) meanwhile.
+            if (
+                lane is not None
+                and lane.backing_off
+                and lane.attempted_at is not None
+                and seen_at > lane.attempted_at
+            ):
+                lane.agent_heard_from()
 
     def _start_lane(self, agent_id: UUID) -> _Lane:
         assert self._nursery is not None
@@ -326,14 +374,18 @@ class Dispatcher:
                 lane.urgent = False
                 backoff.reset()
             lane.idle = False
+            heard_from, lane.heard_from = lane.heard_from, False
             pending, lane.work = lane.work, None
             if not self._leading:
                 pending = []  # standing by: manual runs only
             elif pending is None:
                 pending = await self._store.call(Store.undelivered, lane.agent_id)
+            lane.attempted_at = self._clock()
             if await self._deliver(lane.agent_id, pending, quiet=failures > 0):
                 if failures:
                     logger.info("agent %s is reachable again", lane.agent_id)
+                    if heard_from:
+                        self.on_reachable_again(lane.agent_id)
                 failures = 0
                 backoff.reset()
                 lane.idle = True

@@ -24,9 +24,18 @@ The rules, as :class:`LeaseKeeper` applies them (``d`` is the lease duration, 15
 - **Graceful stop.** Cancelling :meth:`LeaseKeeper.run` stops the work, then releases the lease
   (shielded, bounded by ``RELEASE_TIMEOUT``), so that another replica takes it at its next try
   (within ``d/3``) rather than at expiry.
-- **Work that fails on the database.** The work done once raising
-  :class:`~.errors.DatabaseUnavailable` (the database went away under it) stops it, as a lost
-  lease does; it starts again after the next successful renewal.
+- **Work that fails.** The work done once raising any error stops it, as a lost lease does, and
+  it starts again after the next successful renewal: at most once per renewal, never in a hot
+  loop. :class:`~.errors.DatabaseUnavailable` (the database went away under it) is expected and
+  logged as a warning; any other error (a statement timeout, a database turned read-only, a
+  bug) is logged as an error with its traceback and counted in
+  :attr:`Leadership.work_failures`: the API goes on serving either way. The standby failing
+  is started again after a pause of one try interval, likewise.
+- **Its own door to the store.** The lease's store calls go through
+  :meth:`AsyncStore.call_apart`, not the door of the API's calls: on PostgreSQL they take a
+  pooled connection of their own, so that API calls queued up (say, behind a lock held by a
+  stalled transaction of another replica) cannot hold a renewal back until the lease is lost.
+  On SQLite they still queue with every other call (one connection, one writer).
 - **A lone server** (SQLite, ``tsched up``) finds the lease free at its first try, made before
   :meth:`LeaseKeeper.run` reports itself started: the work starts as it did before leases
   existed; after a crash too, since its default replica id (the host name) is the same at each
@@ -50,7 +59,7 @@ import trio
 
 from .clock import utc_now
 from .errors import DatabaseUnavailable
-from .store import AsyncStore, Store
+from .store import AsyncStore, Store, StoreSlot
 
 logger = logging.getLogger("taskscheduler.server.lease")
 
@@ -91,13 +100,17 @@ class Leadership:
 
     ``held``: this replica holds the lease now (and does the work done once). ``holder``: the
     replica that held it at the last look (this one or another; ``None`` if nobody), and
-    ``expires_at`` until when. Read by ``/readyz`` and ``/metrics``.
+    ``expires_at`` until when. Read by ``/readyz`` and ``/metrics`` (``work_failures`` too).
     """
 
     replica_id: str
     held: bool = False
     holder: str | None = None
     expires_at: datetime | None = None
+    #: How many times the work done once (or the standby) failed with an error other than an
+    #: unreachable database: a bug, or a database failing in a way nobody expected. Each one
+    #: was logged with its traceback.
+    work_failures: int = 0
 
 
 class LeaseKeeper:
@@ -120,6 +133,8 @@ class LeaseKeeper:
         if duration <= timedelta(0):
             raise ValueError(f"the lease duration must be positive, got {duration}")
         self._store = store
+        #: The lease's own place in line for the store (see the module's docstring).
+        self._slot = StoreSlot()
         self.leadership = leadership
         self._duration = duration
         self._name = name
@@ -184,13 +199,20 @@ class LeaseKeeper:
         self._next_try = began + self.interval
         self._maybe_holding = True
         try:
-            taken = await self._store.call(
-                Store.acquire_lease, self._name, self.replica_id, now=now, expires_at=expires_at
+            taken = await self._store.call_apart(
+                self._slot,
+                Store.acquire_lease,
+                self._name,
+                self.replica_id,
+                now=now,
+                expires_at=expires_at,
             )
             holder = (
                 (self.replica_id, expires_at)
                 if taken
-                else await self._store.call(Store.lease_holder, self._name, now=now)
+                else await self._store.call_apart(
+                    self._slot, Store.lease_holder, self._name, now=now
+                )
             )
         except Exception as error:  # the database is unreachable, locked, or failing
             self._failed(error)
@@ -241,7 +263,9 @@ class LeaseKeeper:
         if not self._maybe_holding:
             return
         try:
-            released = await self._store.call(Store.release_lease, self._name, self.replica_id)
+            released = await self._store.call_apart(
+                self._slot, Store.release_lease, self._name, self.replica_id
+            )
         except Exception as error:
             logger.warning(
                 "replica %s could not release the lease (%r): it expires by itself at %s",
@@ -301,11 +325,44 @@ class LeaseKeeper:
                 # Not held from now on, even while a store call of the work finishes.
                 self._stopping()
                 nursery.cancel_scope.cancel()
-        except* DatabaseUnavailable as group:
-            self._lose(f"the work met an unreachable database ({group.exceptions[0]})")
-            self._stopping()
+        except* Exception as group:
+            # Whatever the work raised, the API goes on: the work stops, and starts again only
+            # after the next successful renewal (so a work that fails at once is no hot loop).
+            because = self._work_failed(
+                "the work done once", group, "after the next renewal", warn=False
+            )
+            self._lose(because)
+            if leadership.held:  # not already stopping (a renewal failed meanwhile)
+                self._stopping()
         finally:
             leadership.held = False
+
+    def _work_failed(
+        self, what: str, group: BaseExceptionGroup[Exception], again: str, *, warn: bool
+    ) -> str:
+        """Log (and count) ``what`` failing with ``group`` (it starts ``again``); why it
+        stopped.
+
+        An unreachable database is expected: a warning if ``warn`` (else the caller's warning
+        says it). Anything else is a surprise, a bug or a database failing in a way nobody
+        foresaw: an error with its traceback.
+        """
+        errors = _leaves(group)
+        if all(isinstance(error, DatabaseUnavailable) for error in errors):
+            because = f"{what} met an unreachable database ({errors[0]})"
+            if warn:
+                logger.warning("replica %s: %s; again %s", self.replica_id, because, again)
+            return because
+        self.leadership.work_failures += 1
+        logger.error(
+            "replica %s: %s failed (%s); the API goes on serving, and it starts again %s",
+            self.replica_id,
+            what,
+            "; ".join(map(repr, errors)),
+            again,
+            exc_info=group,
+        )
+        return f"{what} failed ({errors[0]!r})"
 
     def _stopping(self) -> None:
         self.leadership.held = False
@@ -316,16 +373,22 @@ class LeaseKeeper:
         )
 
     async def _stand_by(self, standby: Standby) -> None:
-        """Run ``standby`` until cancelled, again after a pause when the database fails it."""
+        """Run ``standby`` until cancelled, again after a pause of one try interval when it
+        fails (with any error: as the work done once, it must not take the API down)."""
         while True:
             try:
                 await standby()
-            except* DatabaseUnavailable as group:
-                logger.warning(
-                    "replica %s: the standby work met an unreachable database (%s); "
-                    "again in %.3g s",
-                    self.replica_id,
-                    group.exceptions[0],
-                    self.interval,
-                )
+            except* Exception as group:
+                self._work_failed("the standby work", group, f"in {self.interval:.3g} s", warn=True)
             await trio.sleep(self.interval)
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    """The exceptions of ``group`` and of the groups nested in it (nurseries nest them)."""
+    leaves: list[Exception] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves.extend(_leaves(error))
+        else:
+            leaves.append(error)
+    return leaves

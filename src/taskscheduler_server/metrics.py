@@ -91,6 +91,14 @@ class ServerMetrics:
             ["replica"],
             registry=self.registry,
         )
+        self._work_failures = Counter(
+            "tsched_lease_work_failures",
+            "Times the work done once (or the standby) failed with an error other than an "
+            "unreachable database; each is logged with its traceback.",
+            registry=self.registry,
+        )
+        #: What the counter was brought up to from ``leadership.work_failures``.
+        self._work_failures_seen = 0
 
     def reported(self, seconds: float, outcomes: Iterable[tuple[ExecutionStatus, bool]]) -> None:
         """A report request committed in ``seconds``: each execution's status and whether it
@@ -118,6 +126,9 @@ class ServerMetrics:
         self._lease_holder.clear()
         if leadership is not None and leadership.holder is not None:
             self._lease_holder.labels(leadership.holder).set(1)
+        if leadership is not None and leadership.work_failures > self._work_failures_seen:
+            self._work_failures.inc(leadership.work_failures - self._work_failures_seen)
+            self._work_failures_seen = leadership.work_failures
         return generate_latest(self.registry)
 
 

@@ -2,7 +2,8 @@
 
 Every parameter is checked before the store is asked anything; a bad value is refused with 422
 ``validation_error`` whose ``field`` is the parameter's name (``limit``, ``cursor``, …). A
-single-valued parameter given twice is refused too: which of the two was meant is a guess.
+single-valued parameter given twice is refused too: which of the two was meant is a guess, and
+so is a value holding a NUL character.
 Unknown parameters are ignored, like unknown headers.
 
 Cursors are opaque to clients: URL-safe base64 of a small JSON array that starts with the
@@ -52,6 +53,9 @@ class Query:
         for value in values:
             if len(value) > MAX_VALUE_LENGTH:
                 raise invalid(name, f"is too long (at most {MAX_VALUE_LENGTH} characters)")
+            # No parameter has a use for a NUL, and PostgreSQL cannot take one in a string.
+            if "\x00" in value:
+                raise invalid(name, "must not contain NUL characters")
         return values
 
     def text(self, name: str) -> str | None:
@@ -138,9 +142,12 @@ class Query:
         return labels
 
     def name_filter(self, name: str, max_length: int) -> str | None:
+        """Text to find in task names: what a name may hold (no control characters)."""
         text = self.text(name)
         if text is not None and not 1 <= len(text) <= max_length:
             raise invalid(name, f"must be between 1 and {max_length} characters")
+        if text is not None and any(ord(char) < 32 for char in text):
+            raise invalid(name, "must not contain control characters")
         return text
 
     def cursor(self, listing: str) -> list[Any] | None:

@@ -118,6 +118,9 @@ async def serve(
     try:
         dispatcher = Dispatcher.from_config(store, config)
         reconciler = Reconciler.from_config(store, dispatcher, config)
+        # An agent that registered through another replica while the holder's lane to it
+        # backed off is found by the holder's dispatcher, which hands it to the reconciler.
+        dispatcher.on_reachable_again = reconciler.notify
         leadership = Leadership(replica_id=config.replica_id)
         lease = LeaseKeeper(store, leadership, duration=config.lease_duration)
         app = create_app(

@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -518,14 +519,23 @@ class Store:
     ) -> T:
         """Run ``method`` as one call on the database (every public method goes through here).
 
-        SQLite: just the call (its one connection is open from ``__init__`` to ``close``).
+        SQLite: just the call (its one connection is open from ``__init__`` to ``close``); a
+        file it cannot use now (locked by another process past the busy timeout, a failing or
+        full disk) becomes :class:`DatabaseUnavailable` too.
         PostgreSQL: with a connection checked out of the pool for this thread (a call within a
         call uses the one it has); a failure to reach the database becomes
         :class:`DatabaseUnavailable` (the broken connection is discarded on check-in, so the
         next call gets a new one); a transaction PostgreSQL aborted to break a deadlock or a
         serialization conflict is run again, since nothing of it was committed.
         """
-        if not self._postgres or not self._db.is_closed():
+        if not self._postgres:
+            try:
+                return method(self, *args, **kwargs)
+            except peewee.OperationalError as error:
+                if _sqlite_unavailable(error):
+                    raise DatabaseUnavailable(first_line(error)) from error
+                raise
+        if not self._db.is_closed():
             return method(self, *args, **kwargs)
         for attempt in itertools.count(1):
             try:
@@ -841,29 +851,45 @@ class Store:
                 self._sync_agent(agent_id, labels, now)
         return bool(changed)
 
-    def set_agent_credential(self, credential: AgentCredential) -> None:
-        """Store (or replace) the credential of ``credential.agent_id``."""
+    def add_agent_credential(self, credential: AgentCredential) -> bool:
+        """Store the credential of ``credential.agent_id`` unless that agent has one already;
+        ``True`` if stored.
+
+        Never replaces one: a credential is issued once per agent id, and of two servers
+        issuing one for the same id at once (two replicas), exactly one stores it (the other's
+        insert waits for the first to commit, then finds the id taken).
+        """
         t = self._tables
         with self._db.atomic():
-            t.credential.insert(
-                agent_id=credential.agent_id,
-                token_sha256=credential.token_sha256,
-                server_token=credential.server_token,
-            ).on_conflict(
-                conflict_target=[t.credential.agent_id],
-                preserve=[t.credential.token_sha256, t.credential.server_token],
-            ).execute()
-
-    def agent_credentials(self) -> list[AgentCredential]:
-        """Every agent credential issued."""
-        return [
-            AgentCredential(
-                agent_id=row.agent_id,
-                token_sha256=row.token_sha256,
-                server_token=row.server_token,
+            inserted = (
+                t.credential.insert(
+                    agent_id=credential.agent_id,
+                    token_sha256=credential.token_sha256,
+                    server_token=credential.server_token,
+                )
+                .on_conflict_ignore()
+                .as_rowcount()
+                .execute()
             )
-            for row in self._tables.credential.select()
+        return bool(inserted)
+
+    def agent_credentials(self, agent_ids: Collection[UUID] | None = None) -> list[AgentCredential]:
+        """Every agent credential issued, or those of ``agent_ids`` only."""
+        table = self._tables.credential
+        if agent_ids is None:
+            return [_credential(row) for row in table.select()]
+        ids = list(agent_ids)
+        return [
+            _credential(row)
+            for start in range(0, len(ids), _BATCH)
+            for row in table.select().where(table.agent_id.in_(ids[start : start + _BATCH]))
         ]
+
+    def credential_by_digest(self, token_sha256: str) -> AgentCredential | None:
+        """The credential whose agent token has this SHA-256 (hex), if any."""
+        table = self._tables.credential
+        row = table.get_or_none(table.token_sha256 == token_sha256)
+        return None if row is None else _credential(row)
 
     def get_agent(self, agent_id: UUID) -> Agent | None:
         row = self._tables.agent.get_or_none(self._tables.agent.id == agent_id)
@@ -899,6 +925,22 @@ class Store:
         if status is not None:
             query = query.where(t.agent.status == status.value)
         return [_agent(row) for row in query]
+
+    def last_seen(self, agent_ids: Collection[UUID]) -> dict[UUID, datetime]:
+        """When each of ``agent_ids`` was last heard from (registration, heartbeat or report,
+        through any replica); unknown agents are left out. One query on the primary key (per
+        :data:`_BATCH` agents): the lease holder's dispatcher asks it every poll while some of
+        its lanes back off."""
+        t = self._tables
+        ids = sorted(set(agent_ids), key=str)
+        seen: dict[UUID, datetime] = {}
+        # No transaction: each agent's time stands on its own.
+        for start in range(0, len(ids), _BATCH):
+            query = t.agent.select(t.agent.id, t.agent.last_seen_at).where(
+                t.agent.id.in_(ids[start : start + _BATCH])
+            )
+            seen.update((row.id, row.last_seen_at) for row in query)
+        return seen
 
     # -- liveness ------------------------------------------------------------------------
 
@@ -1554,6 +1596,12 @@ def _agent(row: Any) -> Agent:
     )
 
 
+def _credential(row: Any) -> AgentCredential:
+    return AgentCredential(
+        agent_id=row.agent_id, token_sha256=row.token_sha256, server_token=row.server_token
+    )
+
+
 def _assignment(row: Any) -> Assignment:
     """An assignment row read with its task and agent joined."""
     return Assignment(
@@ -1807,6 +1855,29 @@ def _postgres_execution_row(execution: Execution) -> tuple[Any, ...]:
     )
 
 
+#: SQLite's primary result codes of a file it cannot use now (another process holds the lock
+#: past the busy timeout, the disk is failing or full, the file cannot be opened), rather than
+#: a bad statement or value: answered 503, like PostgreSQL's.
+_SQLITE_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+
+
+def _sqlite_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` (peewee's, wrapping sqlite3's) says the file cannot be used now."""
+    cause = error.args[0] if error.args else None
+    if not isinstance(cause, sqlite3.Error):
+        cause = error.__context__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
+
+
 def _transaction_conflict(error: BaseException) -> bool:
     """A PostgreSQL transaction aborted to break a deadlock or a serialization conflict
     (peewee wraps the driver's error, its first argument): running it again is safe."""
@@ -1860,6 +1931,20 @@ def _timed_record(
     return results, time.perf_counter() - began
 
 
+class StoreSlot:
+    """A place in line of its own for some calls to the store (see :meth:`AsyncStore.call_apart`):
+    one call at a time, beside the calls of :meth:`AsyncStore.call` on PostgreSQL.
+
+    ``abandon_on_cancel``: a cancelled caller does not wait for its call to end (the thread
+    goes on, and holds the slot until it does): for a probe that must answer in time however
+    long the database takes to connect.
+    """
+
+    def __init__(self, *, abandon_on_cancel: bool = False) -> None:
+        self.limiter = trio.CapacityLimiter(1)
+        self.abandon_on_cancel = abandon_on_cancel
+
+
 class AsyncStore:
     """The one door from trio to the :class:`Store`: a worker thread per call, one at a time on
     SQLite, up to :attr:`Store.concurrency` at once on PostgreSQL (a pooled connection each).
@@ -1893,6 +1978,29 @@ class AsyncStore:
     ) -> T:
         return await trio.to_thread.run_sync(
             functools.partial(method, self.store, *args, **kwargs), limiter=self._limiter
+        )
+
+    async def call_apart(
+        self,
+        slot: StoreSlot,
+        method: Callable[Concatenate[Store, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """:meth:`call`, but in ``slot``'s line rather than behind the calls of :meth:`call`.
+
+        For the calls that must not wait for the API's: the lease's renewals (API calls queued
+        on a lock must not starve them until the lease is lost) and the readiness probes. On
+        PostgreSQL each slot runs one call at a time beside the :attr:`Store.concurrency`
+        calls of :meth:`call`, on a pooled connection of its own (the pool holds more than
+        those). On SQLite it is just :meth:`call`: one shared connection, one call at a time.
+        """
+        if self.store.concurrency == 1:
+            return await self.call(method, *args, **kwargs)
+        return await trio.to_thread.run_sync(
+            functools.partial(method, self.store, *args, **kwargs),
+            limiter=slot.limiter,
+            abandon_on_cancel=slot.abandon_on_cancel,
         )
 
     async def record_execution(

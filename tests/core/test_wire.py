@@ -326,6 +326,11 @@ def test_unknown_keys_are_ignored() -> None:
         ),
         (RegisterAgent, {"agent_id": str(AGENT), "url": "ftp://x"}, "url", "http"),
         (RegisterAgent, {"agent_id": str(AGENT), "url": 8080}, "url", "a string"),
+        # No HTTP client dials a URL with a control character, and PostgreSQL stores no NUL.
+        (RegisterAgent, {"agent_id": str(AGENT), "url": "http://x\x00y:1"}, "url", "control"),
+        (RegisterAgent, {"agent_id": str(AGENT), "url": "http://x:1/\x00"}, "url", "control"),
+        (RegisterAgent, {"agent_id": str(AGENT), "url": "http://x:1/a\tb"}, "url", "control"),
+        (RegisterAgent, {"agent_id": str(AGENT), "url": "http://x:1/\x7f"}, "url", "control"),
         (
             LatestOutput,
             {"completion_time": None, "outputs": [{"agent_id": str(AGENT), "stdout": 1}]},

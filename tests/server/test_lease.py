@@ -20,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
 
 import httpx
+import peewee
 import psycopg2
 import pytest
 import trio
@@ -29,6 +31,7 @@ from click.testing import CliRunner
 from trio.testing import MockClock
 
 from taskscheduler_client.cli import tsched
+from taskscheduler_core import Task, parse_frequency
 from taskscheduler_server import (
     AsyncStore,
     DatabaseUnavailable,
@@ -39,6 +42,8 @@ from taskscheduler_server import (
     serve,
 )
 from taskscheduler_server.lease import AFTER_EXPIRY, LEADER_LEASE, STOP_MARGIN
+from taskscheduler_server.store import _ASSIGNMENTS_LOCK as ASSIGNMENTS_LOCK
+from taskscheduler_server.store import StoreSlot
 from tcp_proxy import TcpProxy
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -89,6 +94,15 @@ class FlakyStore(AsyncStore):
         with _clock_held():
             return await super().call(method, *args, **kwargs)
 
+    async def call_apart(
+        self, slot: StoreSlot, method: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        if self.failing:
+            await trio.lowlevel.checkpoint()
+            raise DatabaseUnavailable("connection refused (the test cut it)")
+        with _clock_held():
+            return await super().call_apart(slot, method, *args, **kwargs)
+
 
 #: The mock clock of the running test, and how many store calls are in their threads now.
 _mock_clock: MockClock | None = None
@@ -138,17 +152,23 @@ class Replica:
     """One replica of the test: its own store on the shared database, its lease keeper, and a
     record of the work it did (``spells``) and of its standby (``standbys``)."""
 
-    def __init__(self, name: str, location: str | Path) -> None:
+    def __init__(self, name: str, location: str | Path, duration: timedelta = DURATION) -> None:
         self.name = name
         self.store = FlakyStore(Store(location))
         self.leadership = Leadership(replica_id=name)
-        self.keeper = LeaseKeeper(self.store, self.leadership, duration=DURATION, clock=wall)
+        self.keeper = LeaseKeeper(self.store, self.leadership, duration=duration, clock=wall)
         self.scope = trio.CancelScope()
         #: Each spell of the work done once: [start, stop] on trio's clock (stop inf: running).
         self.spells: list[list[float]] = []
         self.standbys = 0
+        #: Set once its lease loop ended (after the release).
+        self.stopped = trio.Event()
         #: Raised by the work at its next start, once (a store call of the work that failed).
         self.work_fails_with: Exception | None = None
+        #: Raised by the work 0.1 s after each of its starts, as long as it is set.
+        self.work_keeps_failing_with: Exception | None = None
+        #: Raised by the standby 0.1 s after each of its starts, as long as it is set.
+        self.standby_fails_with: Exception | None = None
         self._changed = trio.Event()
 
     @property
@@ -176,6 +196,9 @@ class Replica:
                 await trio.sleep(0.1)
                 error, self.work_fails_with = self.work_fails_with, None
                 raise error
+            if self.work_keeps_failing_with is not None:
+                await trio.sleep(0.1)
+                raise self.work_keeps_failing_with
             await trio.sleep_forever()
         finally:
             spell[1] = now()
@@ -183,12 +206,16 @@ class Replica:
 
     async def standby(self) -> None:
         self.standbys += 1
+        if self.standby_fails_with is not None:
+            await trio.sleep(0.1)
+            raise self.standby_fails_with
         await trio.sleep_forever()
 
     async def start(self, nursery: trio.Nursery) -> Replica:
         async def run(*, task_status: trio.TaskStatus[None]) -> None:
             with self.scope:
                 await self.keeper.run(self.lead, self.standby, task_status=task_status)
+            self.stopped.set()
             self._notify()
 
         await nursery.start(run)
@@ -404,6 +431,98 @@ async def test_work_that_meets_an_unreachable_database_starts_again_at_the_next_
     assert one.leadership.held
 
 
+class StatementTimeout(peewee.OperationalError):
+    """What peewee raises for a statement PostgreSQL cancelled (57014): not an unreachable
+    database, so nothing the lease expects."""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("a bug in the work"),
+        StatementTimeout("canceling statement due to statement timeout"),
+        # Nurseries nest what they raise: the message names the error inside.
+        ExceptionGroup("nested", [ValueError("deep inside")]),
+    ],
+    ids=["bug", "statement-timeout", "nested"],
+)
+async def test_work_that_fails_with_any_error_is_logged_and_starts_again_at_the_next_renewal(
+    clock: MockClock,
+    replica: Replicas,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+) -> None:
+    caplog.set_level(logging.INFO, logger="taskscheduler.server.lease")
+    one = replica("one")
+    one.work_fails_with = error
+    await one.start(nursery)  # the error must not escape: it would end the whole server
+    await one.until(lambda: len(one.spells) == 2)
+    # It failed at 0.1 s; the lease was kept and renewed at 1 s, and the work started again.
+    assert one.spells == [[0.0, pytest.approx(0.1)], [pytest.approx(1.0), math.inf]]
+    assert one.leadership.held
+    assert one.leadership.work_failures == 1
+    # Loud: an error with the traceback, then the usual warning that the work stopped.
+    [failure] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failure.getMessage().startswith("replica one: the work done once failed (")
+    leaf = error.exceptions[0] if isinstance(error, ExceptionGroup) else error
+    assert repr(leaf) in failure.getMessage()
+    assert failure.exc_info is not None
+    stops = [r.getMessage() for r in caplog.records if "stops the work" in r.getMessage()]
+    assert stops == [
+        f"replica one stops the work done once: the work done once failed ({leaf!r}); "
+        "it keeps trying to take the lease"
+    ]
+
+
+async def test_work_that_keeps_failing_starts_again_once_per_renewal_and_keeps_the_lease(
+    clock: MockClock, replica: Replicas, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = replica("one")
+    one.work_keeps_failing_with = RuntimeError("always")
+    await one.start(nursery)
+    await trio.sleep(3.5)
+    # Not a hot loop: one start per renewal (every second), each failing 0.1 s later.
+    assert one.spells == [
+        [pytest.approx(start), pytest.approx(start + 0.1)] for start in (0.0, 1.0, 2.0, 3.0)
+    ]
+    assert one.leadership.work_failures == 4
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 4
+    # Still this replica's lease: no other may do the work meanwhile.
+    assert await one.holder() == ("one", wall_time(6.0))
+    one.work_keeps_failing_with = None
+    await one.until(lambda: one.leading)
+    assert one.spells[-1][0] == pytest.approx(4.0)
+
+
+async def test_a_standby_that_fails_with_any_error_is_started_again_after_a_pause(
+    clock: MockClock,
+    replicas: StartReplica,
+    replica: Replicas,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    one = await replicas("one")
+    two = replica("two")
+    two.standby_fails_with = RuntimeError("a bug in the standby")
+    await two.start(nursery)
+    await trio.sleep(3.0)
+    # Started at 0 s, 1.1 s and 2.2 s: each failure is followed by a pause of one interval.
+    assert two.standbys == 3
+    assert two.leadership.work_failures == 3
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 3
+    assert all(r.exc_info is not None for r in errors)
+    assert errors[0].getMessage() == (
+        "replica two: the standby work failed (RuntimeError('a bug in the standby')); "
+        "the API goes on serving, and it starts again in 1 s"
+    )
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # said once
+    # The lease goes on as before.
+    assert one.leading
+    assert two.leadership.holder == "one"
+
+
 async def test_the_lease_duration_must_be_positive(location: str | Path) -> None:
     with Store(location) as store, pytest.raises(ValueError, match="duration"):
         LeaseKeeper(AsyncStore(store), Leadership("x"), duration=timedelta(0))
@@ -478,6 +597,65 @@ async def test_a_holder_cut_off_from_postgresql_stops_before_another_takes_over(
         assert not one.leadership.held
         assert one.leadership.holder == "two"
         one.scope.cancel()
+        one.store.store.close()
+
+
+@pytest.mark.databases("postgresql")
+async def test_api_calls_waiting_on_a_lock_do_not_hold_the_renewals_back(
+    location: str | Path, nursery: trio.Nursery
+) -> None:
+    """More API calls than the store runs at once wait on the assignments' lock, held by a
+    stalled transaction of "another replica": the renewals go on beside them (on the real
+    clock: the calls stuck in their threads must not stop it)."""
+    assert isinstance(location, str)
+    one = await Replica("one", location, duration=timedelta(seconds=1.5)).start(nursery)
+    stalled = psycopg2.connect(location)
+    stalled.autocommit = True
+    done = 0
+
+    async def create_task(n: int) -> None:
+        nonlocal done
+        moment = datetime.now(UTC)
+        task = Task(
+            id=uuid4(),
+            command=f"echo {n}",
+            frequency=parse_frequency("every 1 hours"),
+            anchor=moment,
+            created_at=moment,
+        )
+        await one.store.call(Store.create_task, task)
+        done += 1
+
+    try:
+        with stalled.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_lock(%s, hashtext(current_schema()))", (ASSIGNMENTS_LOCK,)
+            )
+        first_expiry = one.leadership.expires_at
+        assert first_expiry is not None
+        async with trio.open_nursery() as api:
+            for n in range(one.store.store.concurrency + 2):
+                api.start_soon(create_task, n)
+            try:
+                # Renewals every 0.5 s; one that queued behind the API's calls would let the
+                # work stop 1.2 s after the last renewal that got through.
+                await trio.sleep(2.0)
+                seen = (done, len(one.spells), one.leading, one.leadership.held)
+                expires_at = one.leadership.expires_at
+            finally:  # the API's calls end only once the lock is gone
+                with stalled.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))",
+                        (ASSIGNMENTS_LOCK,),
+                    )
+        assert seen == (0, 1, True, True)  # nothing created yet: the calls did wait
+        assert expires_at is not None
+        assert expires_at >= first_expiry + timedelta(seconds=1.5)  # renewed meanwhile
+        assert done == one.store.store.concurrency + 2
+    finally:
+        stalled.close()
+        one.scope.cancel()
+        await one.stopped.wait()
         one.store.store.close()
 
 

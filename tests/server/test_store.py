@@ -19,7 +19,7 @@ from taskscheduler_core import (
     Task,
     parse_frequency,
 )
-from taskscheduler_server import AsyncStore, ServerError, Store, TaskNotFound
+from taskscheduler_server import AsyncStore, DatabaseUnavailable, ServerError, Store, TaskNotFound
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -346,3 +346,24 @@ def test_every_public_method_is_one_guarded_call_on_the_database() -> None:
     }
     assert guarded == methods.keys() - _UNGUARDED
     assert set(_UNGUARDED) == {"close"}
+
+
+@pytest.mark.databases("sqlite")
+def test_a_file_locked_by_another_process_is_unavailable_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "server.sqlite3"
+    with Store(path) as store:
+        # The busy timeout lowered from 5 s, for a quick test (the store waits that long for
+        # a lock another process holds, then gives up).
+        store._db.execute_sql("PRAGMA busy_timeout = 50")  # type: ignore[no-untyped-call]
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")  # (WAL: readers go on, a writer waits)
+            with pytest.raises(DatabaseUnavailable, match="locked"):
+                store.create_task(make_task())
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert store.list_tasks() == []  # nothing half-written
+        task = make_task()
+        store.create_task(task)  # and it writes again at once
+        assert store.list_tasks() == [task]
