@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import NoReturn
+from typing import Any, NoReturn
 from uuid import UUID
 
+import attrs
 import httpx
 import trio
 
-from taskscheduler_core import RegisterAgent, unstructure
+from taskscheduler_core import ProposedCredentials, RegisterAgent, unstructure
 
 from .backoff import Backoff
 from .credentials import AgentKeys
@@ -33,18 +34,24 @@ async def register(
     Every answer but a 2xx is retried, a 4xx too: a server that is being upgraded, or not yet
     configured, will accept us later, and until it does the agent cannot be given any task.
 
-    With ``keys`` the agent registers with its own credential, or the join token when it has
-    none (or when the server no longer knows its credential: its database was replaced), and
-    keeps the credentials the server issues; ``client`` then presents the agent's token on
-    every later request.
+    With ``keys`` the agent registers with its own credential once a server took it; until
+    then (and whenever the server no longer knows it: its database was replaced) with the join
+    token and the credentials it proposes for itself, made and saved before the first attempt
+    (docs/security.md). A lost answer is then harmless: the same proposal, sent again, is
+    recognised. What the server took (or, if it does not read proposals, issued) is kept, and
+    ``client`` presents the agent's token on every later request.
     """
     url = f"{server_url.rstrip('/')}/api/v1/agents/register"
-    body = unstructure(registration)
+    proposal = None if keys is None else await trio.to_thread.run_sync(keys.propose)
     failures = 0
-    use_join_token = False
+    # The join token first while no server has taken this agent's credentials.
+    use_join_token = keys is not None and keys.agent_token is None
     while True:
         token = None if keys is None else keys.registration_token(use_join_token=use_join_token)
+        joining = keys is not None and token is not None and token == keys.join_token
+        offered = proposal if joining else None
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        body = _register_body(registration, offered)
         try:
             response = await client.post(url, json=body, headers=headers, timeout=request_timeout)
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as error:
@@ -52,7 +59,9 @@ async def register(
         else:
             if response.is_success:
                 if keys is not None:
-                    await _keep_credentials(client, keys, response)
+                    await _keep_credentials(
+                        client, keys, response, presented=token, offered=offered
+                    )
                 logger.info("registered with %s as %s", server_url, registration.url)
                 return
             if response.status_code == 401 and keys is not None and keys.join_token is not None:
@@ -146,18 +155,51 @@ async def stay_registered(
             )
 
 
+def _register_body(
+    registration: RegisterAgent, offered: ProposedCredentials | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = unstructure(attrs.evolve(registration, credentials=offered))
+    if offered is None:
+        # The original three fields only, as every server release (and a script) reads them.
+        del body["credentials"]
+    return body
+
+
 async def _keep_credentials(
-    client: httpx.AsyncClient, keys: AgentKeys, response: httpx.Response
+    client: httpx.AsyncClient,
+    keys: AgentKeys,
+    response: httpx.Response,
+    *,
+    presented: str | None,
+    offered: ProposedCredentials | None,
 ) -> None:
+    """After a 2xx: keep what the server issued, or the proposal it holds; then present the
+    agent's token on every request."""
     try:
-        issued = response.json().get("credentials")
-    except (ValueError, AttributeError):
-        issued = None
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        answer = {}
+    issued = answer.get("credentials")
+    accepted = answer.get("credentials_accepted")
     if isinstance(issued, dict):
+        # A server that does not read proposals (an older release) issues its own.
         agent_token, server_token = issued.get("agent_token"), issued.get("server_token")
         if isinstance(agent_token, str) and isinstance(server_token, str):
             await trio.to_thread.run_sync(keys.save, agent_token, server_token)
             logger.info("received this agent's credentials; kept in %s", keys.path)
+    elif keys.proposal is not None and (
+        accepted is True or (presented is not None and presented == keys.proposal.agent_token)
+    ):
+        # Taken: said so, or the proposed token itself was accepted as this agent's.
+        await trio.to_thread.run_sync(keys.accept)
+        logger.info("the server holds this agent's credentials; kept in %s", keys.path)
+    elif offered is not None and accepted is False:
+        logger.warning(
+            "the server took no credentials: it has no join token, so it cannot present the "
+            "credential this agent requires of scheduling calls; give it this agent's join token"
+        )
     if keys.agent_token is not None:
         client.headers["Authorization"] = f"Bearer {keys.agent_token}"
 

@@ -7,6 +7,7 @@ three to ``schedule``) still be accepted, while our agents send everything.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -39,6 +40,14 @@ from .options import (
 #: The longest agent URL accepted at registration.
 MAX_URL_LENGTH = 2048
 
+#: The bounds of a token an agent proposes: at least 32 characters of the alphabet below (192
+#: bits when random; ``secrets.token_urlsafe(32)`` makes 43), at most what fits a header easily.
+MIN_TOKEN_LENGTH = 32
+MAX_TOKEN_LENGTH = 256
+#: RFC 6750's ``b64token``: what a bearer token may be made of, so the token goes into an
+#: ``Authorization`` header exactly as proposed.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
 
 def _has_host(url: str) -> bool:
     """Whether ``url`` names a host that can be dialled: present, encodable, a valid port."""
@@ -68,6 +77,16 @@ def _agent_url(instance: object, attribute: attrs.Attribute[str], value: str) ->
         raise WireError(
             f"must be an http:// or https:// URL with a host, of at most {MAX_URL_LENGTH} "
             "characters",
+            field=attribute.name,
+        )
+
+
+def _token(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # The value itself is never quoted back: it is a secret.
+    if not MIN_TOKEN_LENGTH <= len(value) <= MAX_TOKEN_LENGTH or not _TOKEN.fullmatch(value):
+        raise WireError(
+            f"must be {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH} characters of A-Z a-z 0-9 "
+            "- . _ ~ + / (and = at the end), as secrets.token_urlsafe(32) makes",
             field=attribute.name,
         )
 
@@ -206,15 +225,37 @@ class ExecutionReport:
 
 
 @attrs.frozen(kw_only=True)
+class ProposedCredentials:
+    """The credentials an agent proposes for itself when it registers with the join token.
+
+    The agent makes them and saves them before it sends them, so that an answer lost on the
+    way cannot lose them: sending the same ones again is then recognised as the same agent
+    (docs/security.md). ``agent_token`` is what the agent will present, ``server_token`` what
+    the server will present to it.
+    """
+
+    agent_token: str = attrs.field(repr=False, validator=_token)
+    server_token: str = attrs.field(repr=False, validator=_token)
+
+    def __attrs_post_init__(self) -> None:
+        # One token for both ways would let whoever sees one side's answer speak for the other.
+        if self.agent_token == self.server_token:
+            raise WireError("must differ from agent_token", field="server_token")
+
+
+@attrs.frozen(kw_only=True)
 class RegisterAgent:
     """Body of ``POST /api/v1/agents/register``: an agent tells the server where it listens.
 
     ``labels`` are what task ``targets`` select on; they replace the ones registered before.
+    ``credentials``, with the join token, are the ones the agent proposes for itself; without
+    them the server issues its own and answers them once.
     """
 
     agent_id: UUID
     url: str = attrs.field(validator=_agent_url)
     labels: dict[str, str] = attrs.field(factory=dict, converter=label_dict, validator=check_labels)
+    credentials: ProposedCredentials | None = None
 
 
 @attrs.frozen(kw_only=True)

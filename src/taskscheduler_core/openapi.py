@@ -35,11 +35,14 @@ from .capture import DEFAULT_MAX_OUTPUT_BYTES
 from .cron import Cron
 from .frequency import MAX_FREQUENCY_LENGTH, Frequency
 from .messages import (
+    MAX_TOKEN_LENGTH,
     MAX_URL_LENGTH,
+    MIN_TOKEN_LENGTH,
     AgentIdentity,
     AgentList,
     CreateTask,
     ExecutionReport,
+    ProposedCredentials,
     RegisterAgent,
     RunStarted,
     RunTaskNow,
@@ -79,12 +82,20 @@ _FREQUENCY_PATTERN = (
 _CRON_FIELD = "[0-9A-Za-z*,/#-]+"
 _CRON_PATTERN = f"^{_SPACE}*(@[A-Za-z]+|{_CRON_FIELD}({_SPACE}+{_CRON_FIELD}){{4}}){_SPACE}*$"
 _REF = "#/components/schemas/"
+#: A token an agent proposes (RFC 6750's b64token, at least 192 bits' worth of characters).
+_TOKEN_SCHEMA: dict[str, Any] = {
+    "minLength": MIN_TOKEN_LENGTH,
+    "maxLength": MAX_TOKEN_LENGTH,
+    "pattern": "^[A-Za-z0-9._~+/-]+=*$",
+}
 
 #: What the types of the models do not say: limits and formats, by field name (a name means
 #: the same in every model).
 _FIELD_EXTRAS: dict[str, dict[str, Any]] = {
     "command": {"minLength": 1, "maxLength": MAX_COMMAND_LENGTH},
     "url": {"maxLength": MAX_URL_LENGTH, "pattern": "^https?://[^/?#]"},
+    "agent_token": _TOKEN_SCHEMA,
+    "server_token": _TOKEN_SCHEMA,
     "stdout_dropped": {"minimum": 0, "maximum": _INT64_MAX},
     "stderr_dropped": {"minimum": 0, "maximum": _INT64_MAX},
 }
@@ -109,6 +120,11 @@ _FIELD_DOCS: dict[str, str] = {
     "trigger": "schedule, or manual (POST /api/v1/tasks/{task_id}/run)",
     "final": "false while the agent will retry this fire time",
     "labels": "key=value pairs; task targets select agents on them",
+    "credentials": "with the join token: the credentials the agent proposes for itself (made "
+    "and saved before sending); the same ones again are accepted, others for an id that has a "
+    "credential are 403",
+    "agent_token": "what the agent presents from now on",
+    "server_token": "what the server presents to the agent; differs from agent_token",
     "server_id": "the reporting agent's id (agents are 'servers' in the original design)",
     "stdout": f"the tail of the stream; the server keeps at most --max-output-bytes "
     f"(default {DEFAULT_MAX_OUTPUT_BYTES}) UTF-8 bytes of it",
@@ -361,8 +377,14 @@ def _registered() -> dict[str, Any]:
                 "description": "the server presents it to the agent",
             },
         },
-        "issued when the server has a join token: the agent keeps them (mode 0600)",
+        "issued when the server has a join token and the agent proposed none: the agent "
+        "keeps them (mode 0600); sent in this answer only",
     )
+    schema["properties"]["credentials_accepted"] = {
+        "type": "boolean",
+        "description": "present when the body proposed credentials: whether the server holds "
+        "them now (false only on a server without a join token, which takes none)",
+    }
     return schema
 
 
@@ -520,6 +542,7 @@ def server_openapi() -> dict[str, Any]:
         "ExecutionList": _page("executions", "Execution"),
         "ExecutionReport": model_schema(ExecutionReport),
         "RegisterAgent": model_schema(RegisterAgent),
+        "ProposedCredentials": model_schema(ProposedCredentials, all_required=True),
         "Agent": model_schema(Agent, all_required=True),
         "AgentDetail": model_schema(AgentDetail, all_required=True),
         "AgentList": model_schema(AgentList, all_required=True),

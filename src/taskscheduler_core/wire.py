@@ -26,7 +26,7 @@ from .cron import Cron, parse_cron
 from .errors import FrequencyError, WireError
 from .firetimes import Recurrence, parse_recurrence
 from .frequency import Frequency, parse_frequency
-from .messages import TaskCreated
+from .messages import ProposedCredentials, TaskCreated
 from .models import AgentOutput, Task
 
 T = TypeVar("T")
@@ -165,6 +165,16 @@ def make_converter() -> cattrs.Converter:
 
     converter.register_unstructure_hook(TaskCreated, unstructure_created)
     converter.register_structure_hook(TaskCreated, structure_created)
+
+    # Not an object: said so, rather than cattrs' "string indices must be integers".
+    plain_credentials = cattrs.gen.make_dict_structure_fn(ProposedCredentials, converter)
+
+    def structure_credentials(value: Any, kind: type) -> ProposedCredentials:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an object, got {json_type(value)}")
+        return plain_credentials(value, kind)
+
+    converter.register_structure_hook(ProposedCredentials, structure_credentials)
     return converter
 
 

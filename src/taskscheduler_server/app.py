@@ -567,10 +567,12 @@ class _Api:
     async def register_agent(self, request: Request) -> Response:
         caller = await self.guard.registration_caller(request)
         body = await self.read_body(request, RegisterAgent)
-        issue = await self.guard.check_registration(caller, body.agent_id)
-        # Issued before the agent row is written: the first push to it already presents the
-        # server's token.
-        issued = await self.guard.issue(body.agent_id) if issue else None
+        proposed = body.credentials
+        store = await self.guard.check_registration(caller, body.agent_id, proposed)
+        # Stored before the agent row is written: the first push to it already presents the
+        # server's token. Should the write below fail (503), or the answer be lost, an agent
+        # that proposed its credentials sends them again and is recognised.
+        issued = await self.guard.issue(body.agent_id, proposed) if store else None
         agent = Agent(
             id=body.agent_id,
             url=body.url.rstrip("/"),
@@ -586,7 +588,11 @@ class _Api:
             extra={"agent_id": str(record.id), "url": record.url},
         )
         answer: dict[str, object] = {"agent_id": str(record.id), "url": record.url}
-        if issued is not None:
+        if proposed is not None:
+            # Never sent back: the agent has them. A caller that got here with a token holds
+            # them now; without one (open agent endpoints) the server takes none.
+            answer["credentials_accepted"] = caller is not None
+        elif issued is not None:
             answer["credentials"] = {
                 "agent_token": issued.agent_token,
                 "server_token": issued.server_token,
@@ -819,9 +825,9 @@ def create_app(
     )
     # The dispatcher and the reconciler present each agent the token issued to it.
     if dispatcher is not None:
-        dispatcher.agent_headers = api.guard.agent_headers
+        dispatcher.agent_headers = api.guard.headers_for
     if reconciler is not None:
-        reconciler.agent_headers = api.guard.agent_headers
+        reconciler.agent_headers = api.guard.headers_for
     task = "/api/v1/tasks/{task_id}"
     routes = [
         # The agents' reports first: they are most of the traffic, and Starlette tries the

@@ -4,7 +4,8 @@ Callers present ``Authorization: Bearer <token>``:
 
 - the **admin token** may do everything;
 - the **read token** may read tasks, outputs and agents;
-- the **join token** may register a new agent, which receives its own credential;
+- the **join token** may register a new agent, which receives its own credential (or keeps the
+  one it proposed);
 - an **agent credential** may register, heartbeat and report for its own agent only.
 
 Without an admin token the client endpoints are open; without a join token the agent endpoints
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import math
 import secrets
 import stat
 from collections.abc import AsyncIterator, Hashable
@@ -33,6 +35,7 @@ from starlette.requests import Request
 
 from taskscheduler_core import ApiError as CoreApiError
 from taskscheduler_core import (
+    ProposedCredentials,
     TokenFile,
     TokenFileError,
     bearer_token,
@@ -59,6 +62,10 @@ UNKNOWN_SECONDS = 5.0
 MAX_UNKNOWN = 4096
 #: How long :meth:`Guard.keep_fresh` waits before trying an unreachable database again.
 RETRY_SECONDS = 1.0
+#: After a token lookup found the database unreachable, lookups answer 503 at once for this
+#: long (seconds): a partition would otherwise queue every request with an unseen token behind
+#: one connect timeout after another.
+UNREACHABLE_SECONDS = 1.0
 
 
 class Role(enum.Enum):
@@ -78,7 +85,10 @@ class Caller:
 
 @attrs.frozen(kw_only=True)
 class IssuedCredential:
-    """Sent once to a registering agent: what it presents, and what the server presents."""
+    """What a registering agent is given: what it presents, and what the server presents.
+
+    Made by the server (sent once) or proposed by the agent (never sent back).
+    """
 
     agent_token: str = attrs.field(repr=False)
     server_token: str = attrs.field(repr=False)
@@ -191,6 +201,8 @@ class Guard:
         # tokens (each one new, so never remembered as unknown) costs the database one
         # indexed query at a time, however fast it comes.
         self._lookups = trio.CapacityLimiter(1)
+        #: Until when (trio's clock) lookups answer "unavailable" without asking the store.
+        self._unreachable_until = -math.inf
         #: The agents :meth:`agent_headers` had no credential for, for :meth:`keep_fresh`.
         self._wanted: set[UUID] = set()
         self._wanted_changed = trio.Event()
@@ -228,25 +240,54 @@ class Guard:
         agent_id = self._agent_by_digest.get(digest)
         if agent_id is not None or digest in self._unknown_digests:
             return agent_id
+        self._check_reachable()
         async with self._lookups:
-            # Another request with the same token may have looked it up meanwhile.
+            # Another request with the same token may have looked it up meanwhile, or found
+            # the database unreachable.
             agent_id = self._agent_by_digest.get(digest)
             if agent_id is not None or digest in self._unknown_digests:
                 return agent_id
-            credential = await self._store.call(Store.credential_by_digest, digest)
+            self._check_reachable()
+            try:
+                credential = await self._store.call(Store.credential_by_digest, digest)
+            except DatabaseUnavailable:
+                # Those queued behind this lookup get their 503 at once rather than each
+                # waiting out a connect timeout in turn.
+                self._unreachable_until = trio.current_time() + UNREACHABLE_SECONDS
+                raise
             if credential is None:
                 self._unknown_digests.add(digest)
                 return None
             self._remember(credential)
             return credential.agent_id
 
+    def _check_reachable(self) -> None:
+        """Raise :class:`DatabaseUnavailable` if a lookup found the database unreachable less
+        than :data:`UNREACHABLE_SECONDS` ago."""
+        if trio.current_time() < self._unreachable_until:
+            raise DatabaseUnavailable("the database did not answer a moment ago")
+
+    async def headers_for(self, agent_id: UUID) -> dict[str, str]:
+        """What the server presents to agent ``agent_id`` (nothing if it has no credential),
+        looked up in the store if this replica does not know it yet (it registered through
+        another): what the dispatcher and the reconciler send, so that even their first push
+        to such an agent carries the server's token. May raise :class:`DatabaseUnavailable`.
+        """
+        if agent_id not in self._server_tokens and agent_id not in self._unknown_agents:
+            await self._load()
+            if agent_id not in self._server_tokens:
+                for credential in await self._store.call(Store.agent_credentials, [agent_id]):
+                    self._remember(credential)
+                if agent_id not in self._server_tokens:
+                    self._unknown_agents.add(agent_id)
+        return self.agent_headers(agent_id)
+
     def agent_headers(self, agent_id: UUID) -> dict[str, str]:
         """What the server presents to agent ``agent_id`` (nothing if it has no credential).
 
-        Synchronous, for the dispatcher and the reconciler: an agent not known here (it
-        registered through another replica) gets nothing this time, and is looked up by
-        :meth:`keep_fresh` at once, for the next attempt (the dispatcher retries a refused
-        push after its backoff, 0.5 s at first).
+        Synchronous, from memory: an agent not known here (it registered through another
+        replica) gets nothing this time, and is looked up by :meth:`keep_fresh` at once.
+        The dispatcher and the reconciler use :meth:`headers_for`, which waits for that.
         """
         token = self._server_tokens.get(agent_id)
         if token is None:
@@ -288,6 +329,16 @@ class Guard:
                 "cannot read the agents' credentials (%s); trying again in %g s",
                 error,
                 RETRY_SECONDS,
+            )
+            return False
+        except Exception as error:
+            # Run by the app's lifespan: an error escaping would stop the whole server. A
+            # failure nobody foresaw (a corrupt file, a bug) is loud, and tried again.
+            logger.error(
+                "reading the agents' credentials failed (%r); trying again in %g s",
+                error,
+                RETRY_SECONDS,
+                exc_info=error,
             )
             return False
         for credential in found:
@@ -387,41 +438,78 @@ class Guard:
             raise forbidden("registering an agent needs the join token or its credential")
         return caller
 
-    async def check_registration(self, caller: Caller | None, agent_id: UUID) -> bool:
-        """May ``caller`` register ``agent_id``? Returns whether to issue it a new credential.
+    async def check_registration(
+        self, caller: Caller | None, agent_id: UUID, proposed: ProposedCredentials | None = None
+    ) -> bool:
+        """May ``caller`` register ``agent_id``? Returns whether :meth:`issue` must store a
+        credential for it (a new one, or the ``proposed`` one).
 
         The join token (or the admin token) registers an agent that has no credential yet; an
         agent that has one registers again with it, and with it only: taking over an agent's id
-        (and so its reports) is refused, whatever the token. An id known here is refused at
-        once; any other is settled by the store when :meth:`issue` stores its credential.
+        (and so its reports) is refused, whatever the token. With one exception, which gives
+        nothing away: the join token with ``proposed`` credentials that are exactly the ones
+        the id has — the same agent, which proposed them and never heard that they were
+        taken (the answer was lost), so it cannot present them yet. An id known here is
+        settled at once; any other by the store, when :meth:`issue` stores its credential.
         """
         if caller is None:
-            return False
+            return False  # open: no credentials, proposed or not
         if caller.role is Role.AGENT:
             self.check_speaks_for(caller, agent_id)
+            if proposed is not None and not self._holds(agent_id, proposed):
+                raise _taken(agent_id)
             return False
         if agent_id in self._server_tokens:
+            if proposed is not None and self._holds(agent_id, proposed):
+                return False
             raise _taken(agent_id)
         return True
 
-    async def issue(self, agent_id: UUID) -> IssuedCredential:
-        """New credentials for ``agent_id``, stored (the agent's as a digest) and remembered.
+    async def issue(
+        self, agent_id: UUID, proposed: ProposedCredentials | None = None
+    ) -> IssuedCredential:
+        """Store the ``proposed`` credentials of ``agent_id``, or new ones, (the agent's token
+        as a digest) and remember them.
 
-        Refused (403) if the agent has one already, which the store decides: another replica
-        may have issued it, even at this very moment (of two, one stores its credential).
+        Refused (403) if the agent has a credential already, which the store decides: another
+        replica may have stored it, even at this very moment (of two, one stores its
+        credential). Proposed credentials equal to the stored ones are no refusal: the agent
+        sent them again (through this replica or another) after its first answer was lost.
         """
-        issued = IssuedCredential(
-            agent_token=secrets.token_urlsafe(32), server_token=secrets.token_urlsafe(32)
-        )
+        if proposed is None:
+            issued = IssuedCredential(
+                agent_token=secrets.token_urlsafe(32), server_token=secrets.token_urlsafe(32)
+            )
+        else:
+            issued = IssuedCredential(
+                agent_token=proposed.agent_token, server_token=proposed.server_token
+            )
         credential = AgentCredential(
             agent_id=agent_id,
             token_sha256=token_digest(issued.agent_token),
             server_token=issued.server_token,
         )
-        if not await self._store.call(Store.add_agent_credential, credential):
-            raise _taken(agent_id)
-        self._remember(credential)
-        return issued
+        if await self._store.call(Store.add_agent_credential, credential):
+            self._remember(credential)
+            return issued
+        if proposed is not None:
+            # Not in memory here, so the store is asked: the truth, whoever stored it.
+            for stored in await self._store.call(Store.agent_credentials, [agent_id]):
+                self._remember(stored)
+            if agent_id not in self._server_tokens:
+                # No credential for the id, so the digest is another agent's: the token was
+                # copied from it, since two random ones never meet.
+                raise forbidden(f"the proposed agent_token of agent {agent_id} is taken")
+            if self._holds(agent_id, proposed):
+                return issued
+        raise _taken(agent_id)
+
+    def _holds(self, agent_id: UUID, proposed: ProposedCredentials) -> bool:
+        """Whether ``proposed`` are the credentials of ``agent_id`` known here (both tokens,
+        compared in constant time: the digest of a guess tells nothing about the real one)."""
+        digest_matches = same_token(token_digest(proposed.agent_token), self._digests.get(agent_id))
+        server_matches = same_token(proposed.server_token, self._server_tokens.get(agent_id))
+        return digest_matches and server_matches
 
 
 def _taken(agent_id: UUID) -> CoreApiError:

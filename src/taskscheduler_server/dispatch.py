@@ -33,7 +33,8 @@ whose agent was heard from (a registration, heartbeat or report, through any rep
 last attempt began tries again at once, and if that attempt gets through, the agent is handed
 to the reconciler (``on_reachable_again``), as a registration through the holder would be.
 Such an attempt does not restart the backoff: an agent that is up but cannot be reached from
-here (a wrong URL, a firewall) is tried once more per heartbeat, not hammered.
+here (a wrong URL, a firewall) is tried once more per heartbeat interval (5 s) at most, not
+at every report it sends.
 
 A new task goes to all its agents at once, so the store calls around the pushes are batched:
 the watcher reads the work of every idle lane in one call, and the acknowledgments that come
@@ -47,7 +48,7 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -76,7 +77,7 @@ from .tls import client_ssl_context
 logger = logging.getLogger("taskscheduler.server.dispatch")
 
 
-def _no_headers(agent_id: UUID) -> dict[str, str]:
+async def _no_headers(agent_id: UUID) -> dict[str, str]:
     return {}
 
 
@@ -88,6 +89,9 @@ SCHEDULE_PATH = "/api/v1/tasks/schedule"
 IDENTITY_PATH = "/api/v1/agent"
 TASK_PATH = "/api/v1/tasks/{task_id}"
 RUN_PATH = "/api/v1/tasks/{task_id}/run"
+
+#: See ``Dispatcher.heard_from_interval`` (seconds): the agents' default heartbeat interval.
+HEARD_FROM_INTERVAL = 5.0
 
 #: Statuses that say "not now" rather than "never": a request refused with one is tried again.
 _TRANSIENT = frozenset({408, 425, 429})
@@ -149,6 +153,8 @@ class _Lane:
     #: Woken because the agent was heard from through some replica while backing off: if the
     #: next attempt gets through, the agent is reconciled.
     heard_from: bool = False
+    #: When (trio's clock) a contact last woke it so (see Dispatcher.heard_from_interval).
+    heard_woken_at: float = -math.inf
     #: The undelivered assignments the watcher read for this lane, which its next round pushes
     #: instead of reading its own. Read after the change that woke the lane, so as fresh as the
     #: lane's own read would be; a stale one can only push a task twice (harmless: scheduling
@@ -218,7 +224,11 @@ class Dispatcher:
         self._poll_interval = None if poll_interval is None else poll_interval.total_seconds()
         self._clock = clock
         #: The headers that authenticate the server to an agent (set by ``create_app``).
-        self.agent_headers: Callable[[UUID], dict[str, str]] = _no_headers
+        self.agent_headers: Callable[[UUID], Awaitable[dict[str, str]]] = _no_headers
+        #: A lane backing off is woken by its agent being heard from at most once in this
+        #: many seconds (an agent's heartbeat interval by default): an agent that reports every
+        #: second but cannot be reached from here is not pushed at every poll.
+        self.heard_from_interval = HEARD_FROM_INTERVAL
         #: Called with an agent that was heard from through some replica while its lane backed
         #: off, once it is reachable again (``serve()`` sets the reconciler's ``notify``).
         self.on_reachable_again: Callable[[UUID], None] = _nobody
@@ -355,7 +365,9 @@ class Dispatcher:
                 and lane.backing_off
                 and lane.attempted_at is not None
                 and seen_at > lane.attempted_at
+                and trio.current_time() - lane.heard_woken_at >= self.heard_from_interval
             ):
+                lane.heard_woken_at = trio.current_time()
                 lane.agent_heard_from()
 
     def _start_lane(self, agent_id: UUID) -> _Lane:
@@ -420,7 +432,7 @@ class Dispatcher:
 
     async def _push(self, assignment: Assignment, *, quiet: bool) -> bool:
         assert self._client is not None
-        headers = self.agent_headers(assignment.agent_id)
+        headers = await self.agent_headers(assignment.agent_id)
         task_id = assignment.task.id
         if assignment.removing:
             what = "removal of task"
@@ -498,7 +510,7 @@ class Dispatcher:
             response = await self._client.post(
                 agent.url + RUN_PATH.format(task_id=task_id),
                 json=unstructure(RunTaskNow(scheduled_at=scheduled_at)),
-                headers=self.agent_headers(agent_id),
+                headers=await self.agent_headers(agent_id),
             )
             status = response.status_code
             if response.is_success:

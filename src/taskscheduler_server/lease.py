@@ -29,7 +29,10 @@ The rules, as :class:`LeaseKeeper` applies them (``d`` is the lease duration, 15
   loop. :class:`~.errors.DatabaseUnavailable` (the database went away under it) is expected and
   logged as a warning; any other error (a statement timeout, a database turned read-only, a
   bug) is logged as an error with its traceback and counted in
-  :attr:`Leadership.work_failures`: the API goes on serving either way. The standby failing
+  :attr:`Leadership.work_failures`: the API goes on serving either way. After
+  ``HAND_OVER_AFTER`` (3) failures in a row, the holder hands the lease over: it releases it
+  and does not try to take it for one lease duration, so that another replica, which may not
+  share its trouble (a full disk, a descriptor limit), does the work. The standby failing
   is started again after a pause of one try interval, likewise.
 - **Its own door to the store.** The lease's store calls go through
   :meth:`AsyncStore.call_apart`, not the door of the API's calls: on PostgreSQL they take a
@@ -84,6 +87,12 @@ AFTER_EXPIRY = 0.01
 
 #: The shortest wait between two tries: a guard against spinning on a clock that moves oddly.
 MIN_WAIT = 0.01
+
+#: A holder whose work failed this many times in a row (each start failing within a lease
+#: duration) hands the lease over: it releases it and does not try to take it again for one
+#: lease duration, so that another replica, which may not share its trouble (a full disk, a
+#: file-descriptor limit, a broken connection of its own), does the work.
+HAND_OVER_AFTER = 3
 
 #: The work done once, started with ``nursery.start`` (so it takes ``task_status``) and run
 #: until cancelled.
@@ -156,6 +165,10 @@ class LeaseKeeper:
         self._failing = False
         #: Set once ``lead`` or ``standby`` first started.
         self._working = trio.Event()
+        #: Failures of the work in a row (see HAND_OVER_AFTER), and until when (trio's clock)
+        #: this replica does not try to take the lease after handing it over.
+        self._failures_in_a_row = 0
+        self._abstain_until = -math.inf
 
     @property
     def replica_id(self) -> str:
@@ -197,6 +210,20 @@ class LeaseKeeper:
         now = self._clock()
         expires_at = now + self._duration
         self._next_try = began + self.interval
+        if began < self._abstain_until:
+            # Handed over after failing work: only look, so that readers see the holder.
+            self._next_try = min(self._next_try, self._abstain_until)
+            try:
+                holder = await self._store.call_apart(
+                    self._slot, Store.lease_holder, self._name, now=now
+                )
+            except Exception as error:
+                self._failed(error)
+                return
+            self._lose("it handed the lease over after its work kept failing")
+            self.leadership.holder, self.leadership.expires_at = holder or (None, None)
+            self._changed.set()
+            return
         self._maybe_holding = True
         try:
             taken = await self._store.call_apart(
@@ -309,6 +336,7 @@ class LeaseKeeper:
             self.replica_id,
             leadership.expires_at,
         )
+        started = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(lead)
@@ -334,8 +362,30 @@ class LeaseKeeper:
             self._lose(because)
             if leadership.held:  # not already stopping (a renewal failed meanwhile)
                 self._stopping()
+            if trio.current_time() - started >= self._duration.total_seconds():
+                self._failures_in_a_row = 0  # it had worked for a while: a new failure
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= HAND_OVER_AFTER:
+                await self._hand_over()
         finally:
             leadership.held = False
+
+    async def _hand_over(self) -> None:
+        """The work failed :data:`HAND_OVER_AFTER` times in a row: give the lease up and stay
+        away from it for one lease duration (another replica takes it; alone, this one takes
+        it back then and tries again)."""
+        self._failures_in_a_row = 0
+        self._abstain_until = trio.current_time() + self._duration.total_seconds()
+        logger.error(
+            "replica %s hands the lease over: the work done once failed %d times in a row; it "
+            "will not try to take it for %.3g s",
+            self.replica_id,
+            HAND_OVER_AFTER,
+            self._duration.total_seconds(),
+        )
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + RELEASE_TIMEOUT
+            await self._release()
 
     def _work_failed(
         self, what: str, group: BaseExceptionGroup[Exception], again: str, *, warn: bool

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -59,6 +59,10 @@ TASKS_PATH = "/api/v1/tasks"
 DEFAULT_CONCURRENCY = 16
 
 #: What a failed request to an agent can raise: transport errors, and a URL httpx refuses.
+
+
+async def _no_headers(agent_id: UUID) -> dict[str, str]:
+    return {}
 
 
 class AgentUnusable(Exception):
@@ -115,7 +119,7 @@ class Reconciler:
         self._limiter = trio.CapacityLimiter(concurrency)
         self._clock = clock
         #: The headers that authenticate the server to an agent (set by ``create_app``).
-        self.agent_headers: Callable[[UUID], dict[str, str]] = lambda agent_id: {}
+        self.agent_headers: Callable[[UUID], Awaitable[dict[str, str]]] = _no_headers
         self._client: httpx.AsyncClient | None = None
         self._wanted: set[UUID] = set()
         self._running: set[UUID] = set()
@@ -230,7 +234,7 @@ class Reconciler:
             raise AgentUnusable(f"unexpected identity: {error}") from None
         if identity.agent_id != agent_id:
             raise AgentUnusable(f"{url} is now agent {identity.agent_id}")
-        data = await self._get_json(url + TASKS_PATH, headers=self.agent_headers(agent_id))
+        data = await self._get_json(url + TASKS_PATH, headers=await self.agent_headers(agent_id))
         try:
             specs = structure(data.get("tasks"), list[TaskSpec])
         except WireError as error:
@@ -262,7 +266,7 @@ class Reconciler:
         assert self._client is not None
         try:
             response = await self._client.delete(
-                f"{url}{TASKS_PATH}/{task_id}", headers=self.agent_headers(agent_id)
+                f"{url}{TASKS_PATH}/{task_id}", headers=await self.agent_headers(agent_id)
             )
         except UNREACHABLE as error:
             logger.debug("cannot remove task %s from %s: %r", task_id, url, error)

@@ -41,7 +41,7 @@ from taskscheduler_server import (
     Store,
     serve,
 )
-from taskscheduler_server.lease import AFTER_EXPIRY, LEADER_LEASE, STOP_MARGIN
+from taskscheduler_server.lease import AFTER_EXPIRY, HAND_OVER_AFTER, LEADER_LEASE, STOP_MARGIN
 from taskscheduler_server.store import _ASSIGNMENTS_LOCK as ASSIGNMENTS_LOCK
 from taskscheduler_server.store import StoreSlot
 from tcp_proxy import TcpProxy
@@ -475,24 +475,51 @@ async def test_work_that_fails_with_any_error_is_logged_and_starts_again_at_the_
     ]
 
 
-async def test_work_that_keeps_failing_starts_again_once_per_renewal_and_keeps_the_lease(
-    clock: MockClock, replica: Replicas, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+async def test_work_that_keeps_failing_is_handed_over_to_another_replica(
+    clock: MockClock,
+    replica: Replicas,
+    replicas: StartReplica,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    one = replica("one")
+    one.work_keeps_failing_with = RuntimeError("always")  # a trouble of its own (EMFILE, say)
+    await one.start(nursery)
+    two = await replicas("two")  # standing by
+    await two.until(lambda: two.leading)
+    # Not a hot loop: one start per renewal (every second), each failing 0.1 s later; after
+    # HAND_OVER_AFTER of them in a row, the lease is released and left alone for a duration.
+    assert one.spells == [
+        [pytest.approx(start), pytest.approx(start + 0.1)] for start in (0.0, 1.0, 2.0)
+    ]
+    assert one.leadership.work_failures == HAND_OVER_AFTER
+    handed = [r for r in caplog.records if "hands the lease over" in r.getMessage()]
+    assert len(handed) == 1
+    took_at = two.spells[0][0]
+    # The other replica took it at its next try after the release (it tries every second).
+    assert 2.1 <= took_at <= 3.1 + 0.01
+    assert await two.holder() == ("two", wall_time(took_at + 3.0))
+    await trio.sleep(5)
+    assert two.leading
+    assert one.spells[-1][1] != math.inf  # one stays off while two holds it
+    assert not one.leadership.held
+    assert one.leadership.holder == "two"
+
+
+async def test_a_lone_replica_whose_work_keeps_failing_takes_the_lease_back_after_a_pause(
+    clock: MockClock, replica: Replicas, nursery: trio.Nursery
 ) -> None:
     one = replica("one")
     one.work_keeps_failing_with = RuntimeError("always")
     await one.start(nursery)
-    await trio.sleep(3.5)
-    # Not a hot loop: one start per renewal (every second), each failing 0.1 s later.
-    assert one.spells == [
-        [pytest.approx(start), pytest.approx(start + 0.1)] for start in (0.0, 1.0, 2.0, 3.0)
-    ]
-    assert one.leadership.work_failures == 4
-    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 4
-    # Still this replica's lease: no other may do the work meanwhile.
-    assert await one.holder() == ("one", wall_time(6.0))
-    one.work_keeps_failing_with = None
+    await one.until(lambda: len(one.spells) == HAND_OVER_AFTER and not one.leading)
+    handed_at = one.spells[-1][1]
+    one.work_keeps_failing_with = None  # the trouble passes
     await one.until(lambda: one.leading)
-    assert one.spells[-1][0] == pytest.approx(4.0)
+    # Away for one lease duration from the hand-over, then back at its next try.
+    assert one.spells[-1][0] >= handed_at + DURATION.total_seconds() - 0.01
+    assert one.spells[-1][0] <= handed_at + DURATION.total_seconds() + INTERVAL + 0.01
+    assert one.leadership.held
 
 
 async def test_a_standby_that_fails_with_any_error_is_started_again_after_a_pause(

@@ -196,6 +196,7 @@ async def test_an_agent_heard_from_but_unreachable_is_tried_once_per_contact_not
         backoff_max=LONG,
         poll_interval=timedelta(seconds=0.05),
     )
+    dispatcher.heard_from_interval = 1.0  # (5 s, a heartbeat interval, by default)
     reconcile: list[UUID] = []
     dispatcher.on_reachable_again = reconcile.append
     await nursery.start(dispatcher.run)
@@ -206,13 +207,18 @@ async def test_an_agent_heard_from_but_unreachable_is_tried_once_per_contact_not
 
     for expected in (5, 6):
         await other.call(Store.heartbeat, agent.agent_id, utc())
+        woken = trio.current_time()
         with trio.fail_after(1.2):  # once more, at once (its own backoff waits 1.6 s at least)
             while attempts() < expected:
                 await trio.sleep(0.01)
-        # The backoff went on where it was (the next wait is at least 1.6 s): an agent heard
-        # from every few seconds but unreachable is tried once per contact, not hammered.
-        await trio.sleep(0.4)
+        # The backoff went on where it was (the next wait is at least 1.6 s), and contacts
+        # within heard_from_interval wake nothing: an agent that reports every second but is
+        # unreachable is tried once per interval, not at every poll.
+        for _ in range(4):
+            await other.call(Store.heartbeat, agent.agent_id, utc())
+            await trio.sleep(0.1)
         assert attempts() == expected
+        await trio.sleep_until(woken + 1.0)
     assert reconcile == []  # never reachable: nothing to reconcile
 
     agent.refuse = 0
