@@ -90,3 +90,18 @@ def silent_url() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(autouse=True)
+def _tasks_stop_after_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Delete what a test left running on the shared stack once it is done: its agents would
+    otherwise go on running each task (``every 1 seconds``, most of them) for the rest of the
+    session, a load on the 2 cores every later test shares. (Deleted, not purged: a test's
+    history stays readable, and what a later test creates is its own.)"""
+    yield
+    if "server_url" not in request.fixturenames and "stack" not in request.fixturenames:
+        return
+    stack: LocalStack = request.getfixturevalue("stack")
+    with Client(stack.server_url) as client:
+        for task in client.iter_tasks():
+            client.delete_task(task.id)
