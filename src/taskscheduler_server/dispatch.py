@@ -30,8 +30,9 @@ An agent that registers (or comes back) through another replica pokes only that 
 dispatcher does not push. So at each look, while some of its lanes back off, the holder also
 reads when those agents were last heard from (one query on the agents' primary key): a lane
 whose agent was heard from (a registration, heartbeat or report, through any replica) since its
-last attempt began tries again at once, and if that attempt gets through, the agent is handed
-to the reconciler (``on_reachable_again``), as a registration through the holder would be.
+last attempt began tries again at once. An agent reachable again after failed attempts, however
+its lane found out, is handed to the reconciler (``on_reachable_again``), as a registration
+through the holder would be.
 Such an attempt does not restart the backoff: an agent that is up but cannot be reached from
 here (a wrong URL, a firewall) is tried once more per heartbeat interval (5 s) at most, not
 at every report it sends.
@@ -150,9 +151,6 @@ class _Lane:
     idle: bool = True
     #: When (the server's clock) the last delivery attempt began.
     attempted_at: datetime | None = None
-    #: Woken because the agent was heard from through some replica while backing off: if the
-    #: next attempt gets through, the agent is reconciled.
-    heard_from: bool = False
     #: When (trio's clock) a contact last woke it so (see Dispatcher.heard_from_interval).
     heard_woken_at: float = -math.inf
     #: The undelivered assignments the watcher read for this lane, which its next round pushes
@@ -173,7 +171,6 @@ class _Lane:
     def agent_heard_from(self) -> None:
         """The agent was heard from since the last attempt began: try again now, without
         restarting the backoff (see the module's docstring)."""
-        self.heard_from = True
         self.wakeup.set()
 
 
@@ -229,8 +226,8 @@ class Dispatcher:
         #: many seconds (an agent's heartbeat interval by default): an agent that reports every
         #: second but cannot be reached from here is not pushed at every poll.
         self.heard_from_interval = HEARD_FROM_INTERVAL
-        #: Called with an agent that was heard from through some replica while its lane backed
-        #: off, once it is reachable again (``serve()`` sets the reconciler's ``notify``).
+        #: Called with an agent reachable again after failed attempts, while leading
+        #: (``serve()`` sets the reconciler's ``notify``).
         self.on_reachable_again: Callable[[UUID], None] = _nobody
         #: Pushing assignments (this replica holds the lease), or only sending manual runs.
         self._leading = False
@@ -386,7 +383,6 @@ class Dispatcher:
                 lane.urgent = False
                 backoff.reset()
             lane.idle = False
-            heard_from, lane.heard_from = lane.heard_from, False
             pending, lane.work = lane.work, None
             if not self._leading:
                 pending = []  # standing by: manual runs only
@@ -396,7 +392,9 @@ class Dispatcher:
             if await self._deliver(lane.agent_id, pending, quiet=failures > 0):
                 if failures:
                     logger.info("agent %s is reachable again", lane.agent_id)
-                    if heard_from:
+                    if self._leading:
+                        # It may have restarted meanwhile (through another replica, say):
+                        # the reconciler compares what it runs with what it should.
                         self.on_reachable_again(lane.agent_id)
                 failures = 0
                 backoff.reset()
