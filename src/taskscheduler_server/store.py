@@ -1837,22 +1837,14 @@ def _execution_row(execution: Execution) -> tuple[Any, ...]:
 def _postgres_execution_row(execution: Execution) -> tuple[Any, ...]:
     """:func:`_execution_row` as PostgreSQL stores it: the output as UTF-8 bytes (``BYTEA``),
     ``final`` a boolean."""
-    return (
-        execution.task_id.hex,
-        execution.agent_id.hex,
-        _micros(execution.scheduled_at),
-        _micros(execution.started_at),
-        _micros(execution.finished_at),
-        execution.status.value,
-        execution.exit_code,
-        execution.stdout.encode(),
-        execution.stderr.encode(),
-        execution.stdout_dropped,
-        execution.stderr_dropped,
-        execution.attempt,
-        execution.trigger.value,
-        execution.final,
-    )
+    row = list(_execution_row(execution))
+    row[_STDOUT], row[_STDERR] = execution.stdout.encode(), execution.stderr.encode()
+    row[_FINAL] = execution.final
+    return tuple(row)
+
+
+#: Where :func:`_postgres_execution_row` differs from :func:`_execution_row`.
+_STDOUT, _STDERR, _FINAL = (_EXECUTION_COLUMNS.index(c) for c in ("stdout", "stderr", "final"))
 
 
 #: SQLite's primary result codes of a file it cannot use now (another process holds the lock

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
+from scraping import Key, scrape
 from taskscheduler_agent import STATE_FILE, AgentConfig, AgentStarted, Engine, run_agent
 from taskscheduler_agent.app import create_app
 from taskscheduler_agent.metrics import AgentMetrics
@@ -22,19 +22,6 @@ from taskscheduler_core import Execution, ExecutionStatus, StartExecution, TaskS
 StartCollector = Callable[..., Awaitable[Any]]
 WaitFor = Callable[..., Awaitable[None]]
 ServeAsgi = Callable[..., Awaitable[str]]
-
-Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
-async def scrape(http: httpx.AsyncClient) -> dict[Key, float]:
-    response = await http.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def executions(samples: dict[Key, float], status: str) -> float:

@@ -96,33 +96,49 @@ def ran(agent: AgentService, task: uuid.UUID) -> int:
     return len([entry for entry in agent.journal() if entry.key[0] == task])
 
 
-def test_lease_holder_killed_the_other_replica_takes_over_and_nothing_is_lost_or_doubled(
-    database_url: str, cluster: Cluster, tmp_path: Path
-) -> None:
-    a = Replica("a", database_url=database_url, root=tmp_path)
-    b = Replica("b", database_url=database_url, root=tmp_path)
-    # The cluster's own (SQLite) server is replaced by the two replicas; it reads the
-    # executions through the one it calls its server, and kills them all at the end.
+def start_replicas(cluster: Cluster, database_url: str, root: Path) -> tuple[Replica, Replica]:
+    """Replicas ``a`` (started first: it takes the lease at once) and ``b`` on ``database_url``.
+
+    The cluster's own (SQLite) server is replaced by them; it reads the executions through the
+    one it calls its server, and kills them all at the end.
+    """
+    a = Replica("a", database_url=database_url, root=root)
+    b = Replica("b", database_url=database_url, root=root)
     cluster.services.remove(cluster.server)
     cluster.services[:0] = [a, b]
     cluster.server = a
-    a.start()  # first: it takes the lease at once
+    a.start()
     b.start()
-    assert a.lease() == {"replica": "a", "held": True, "holder": "a"}
-    assert b.lease() == {"replica": "b", "held": False, "holder": "a"}
+    return a, b
 
+
+def start_agents_running(
+    cluster: Cluster, a: Replica, b: Replica, command: str
+) -> tuple[AgentService, AgentService, uuid.UUID]:
+    """Agent ``one`` reporting to ``a`` and ``two`` to ``b``, both alive, each having run a task
+    of ``command`` (created through ``a``, ``every 1 seconds``) twice; and that task."""
     one, two = cluster.agent("one"), cluster.agent("two")
     one.start_with(a.url, wait=False)
     two.start_with(b.url, wait=False)
     one.wait_healthy()
     two.wait_healthy()
     cluster.wait_alive(one, two)
-    first = a.create("echo first $TSCHED_AGENT_ID", "every 1 seconds")
+    task = a.create(command, "every 1 seconds")
     wait_until(
-        lambda: all(ran(agent, first) >= 2 for agent in (one, two)),
+        lambda: all(ran(agent, task) >= 2 for agent in (one, two)),
         timeout=10,
-        what="both agents to run the first task twice",
+        what="both agents to run the task twice",
     )
+    return one, two, task
+
+
+def test_lease_holder_killed_the_other_replica_takes_over_and_nothing_is_lost_or_doubled(
+    database_url: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b = start_replicas(cluster, database_url, tmp_path)
+    assert a.lease() == {"replica": "a", "held": True, "holder": "a"}
+    assert b.lease() == {"replica": "b", "held": False, "holder": "a"}
+    one, two, first = start_agents_running(cluster, a, b, "echo first $TSCHED_AGENT_ID")
 
     assert a.lease()["held"], "a is still the holder when it is killed"
     a.kill()
@@ -183,26 +199,8 @@ def test_database_unreachable_for_a_while_503s_then_everything_is_stored_once(
     database_url: str, cluster: Cluster, tmp_path: Path
 ) -> None:
     with TcpProxy(*server_address(database_url)) as proxy:
-        through = through_port(database_url, proxy.port)
-        a = Replica("a", database_url=through, root=tmp_path)
-        b = Replica("b", database_url=through, root=tmp_path)
-        cluster.services.remove(cluster.server)
-        cluster.services[:0] = [a, b]
-        cluster.server = a
-        a.start()
-        b.start()
-        one, two = cluster.agent("one"), cluster.agent("two")
-        one.start_with(a.url, wait=False)
-        two.start_with(b.url, wait=False)
-        one.wait_healthy()
-        two.wait_healthy()
-        cluster.wait_alive(one, two)
-        task = a.create("echo up $TSCHED_AGENT_ID", "every 1 seconds")
-        wait_until(
-            lambda: all(ran(agent, task) >= 2 for agent in (one, two)),
-            timeout=10,
-            what="both agents to run the task twice",
-        )
+        a, b = start_replicas(cluster, through_port(database_url, proxy.port), tmp_path)
+        one, two, _ = start_agents_running(cluster, a, b, "echo up $TSCHED_AGENT_ID")
         assert lease_held(a) is True
 
         proxy.cut()

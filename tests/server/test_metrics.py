@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
+from scraping import Key, scrape
 from taskscheduler_agent import Reporter
 from taskscheduler_core import Execution, ExecutionStatus
 from taskscheduler_server import AsyncStore, ServerConfig, Store, create_app, serve
@@ -29,21 +29,6 @@ from tcp_proxy import TcpProxy
 
 WaitUntil = Callable[..., Awaitable[None]]
 ServeAsgi = Callable[..., Awaitable[tuple[str, trio.CancelScope]]]
-
-#: A sample: its name and its labels, sorted.
-Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
-async def scrape(http: httpx.AsyncClient) -> dict[Key, float]:
-    """Every sample of ``GET /metrics``, parsed by prometheus-client's parser."""
-    response = await http.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def stored(samples: dict[Key, float], status: str) -> float:
